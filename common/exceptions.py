@@ -1,0 +1,36 @@
+"""Exceptions raised by the shared pipeline.
+
+Every error that bad input can trigger derives from :class:`FedIDSError`, so a
+command-line entry point can catch that one class and print its message
+instead of a traceback.
+"""
+
+from __future__ import annotations
+
+
+class FedIDSError(Exception):
+    """Base class of every error that bad input or configuration can raise."""
+
+
+class ConfigError(FedIDSError, ValueError):
+    """A dataset or run configuration is missing, malformed or inconsistent."""
+
+
+class DataValidationError(FedIDSError, ValueError):
+    """A traffic file does not match its dataset configuration."""
+
+
+class DataFileNotFoundError(DataValidationError, FileNotFoundError):
+    """A traffic file named by the user or a configuration does not exist."""
+
+
+class EmptyDataError(DataValidationError):
+    """A traffic file or one of its splits has no usable rows."""
+
+
+class PreprocessingError(FedIDSError, ValueError):
+    """Preprocessing statistics are inconsistent or cannot be applied."""
+
+
+class ModelMismatchError(FedIDSError, ValueError):
+    """Model weights do not match the architecture they are loaded into."""

@@ -1,0 +1,120 @@
+"""Train-and-evaluate steps shared by the centralized and federated comparisons."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+
+from common.config import DatasetConfig, TaskConfig
+from common.loading import FlowTable
+from common.metrics import burst_metrics, classification_metrics
+from common.model import build_model_from_config
+from common.pipeline import PreparedSplit
+from common.training import fit_model, predict_proba
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainedModel:
+    """A trained CNN-LSTM with its validation and test scores."""
+
+    model: keras.Model
+    window: int
+    validation: dict[str, Any]
+    test: dict[str, Any]
+    history: dict[str, list[float]]
+    epochs_run: int
+    train_seconds: float
+
+
+def evaluate_model(
+    model: keras.Model,
+    X: np.ndarray,
+    y: np.ndarray,
+    task: TaskConfig,
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Return the metrics of ``model`` on windows ``X`` and the predicted probabilities."""
+    proba = predict_proba(model, X)
+    return classification_metrics(y, proba, task.classes, task.normal_class), proba
+
+
+def add_burst_metrics(
+    metrics: dict[str, Any],
+    proba: np.ndarray,
+    prepared: PreparedSplit,
+    table: FlowTable,
+    task: TaskConfig,
+) -> None:
+    """Add burst-level detection scores over the test rows, in capture order."""
+    assert table.labels is not None
+    rows = prepared.test_rows
+    if len(rows) == 0:
+        return
+    first, last = int(rows.min()), int(rows.max())
+    span = np.arange(first - prepared.preprocessor.window + 1, last + 1)
+    span = span[span >= 0]
+    y_true = table.labels[span]
+    y_pred = np.full(len(span), task.normal_index)
+    scored = np.zeros(len(span), dtype=bool)
+    position = rows - span[0]
+    y_pred[position] = proba.argmax(axis=1)
+    scored[position] = True
+    metrics["bursts"] = burst_metrics(y_true, y_pred, task.normal_index, scored)
+
+
+def train_and_evaluate(
+    prepared: PreparedSplit,
+    config: DatasetConfig,
+    task: TaskConfig,
+    *,
+    epochs: int | None = None,
+    table: FlowTable | None = None,
+    verbose: int = 0,
+) -> TrainedModel:
+    """Build, train and score a CNN-LSTM on one prepared split.
+
+    Early stopping watches the validation loss. With ``table`` given and rows
+    in capture order, burst-level scores are added to the test metrics.
+    """
+    window = prepared.preprocessor.window
+    keras.utils.set_random_seed(config.training.seed)
+    model = build_model_from_config(
+        prepared.preprocessor.n_features, window, task.n_classes, config.model
+    )
+    started = time.perf_counter()
+    history = fit_model(
+        model,
+        prepared.X_train,
+        prepared.y_train,
+        prepared.X_val,
+        prepared.y_val,
+        epochs=epochs or config.training.epochs,
+        batch_size=config.training.batch_size,
+        patience=config.training.patience,
+        seed=config.training.seed,
+        verbose=verbose,
+    )
+    seconds = time.perf_counter() - started
+
+    validation: dict[str, Any] = {}
+    if len(prepared.y_val):
+        validation, _ = evaluate_model(model, prepared.X_val, prepared.y_val, task)
+    test, proba = evaluate_model(model, prepared.X_test, prepared.y_test, task)
+    if table is not None and config.capture_order:
+        add_burst_metrics(test, proba, prepared, table, task)
+    epochs_run = len(history.get("loss", []))
+    logger.info(
+        "train: W=%d, %d epochs in %.1f s, validation F1 %s, test F1 %.4f",
+        window,
+        epochs_run,
+        seconds,
+        f"{validation['f1']:.4f}" if validation else "n/a",
+        test["f1"],
+    )
+    return TrainedModel(model, window, validation, test, history, epochs_run, seconds)
