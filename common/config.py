@@ -305,7 +305,7 @@ class _Reader:
         return tuple(values)
 
     def table_of(self, name: str, required: bool = True) -> _Reader:
-        default = ... if required else {}
+        default: Any = ... if required else {}
         return _Reader(self.get(name, dict, default), self.path, self.key(name))
 
     def positive_int(self, name: str, default: Any = ...) -> int:
@@ -387,7 +387,9 @@ def _parse_config(raw: Mapping[str, Any], path: Path) -> DatasetConfig:
         raise features.fail("categorical", f"repeats numeric features {overlap}")
     leaking = sorted(feature_set & set(identifiers))
     if leaking:
-        raise features.fail("numeric", f"lists identifier columns {leaking}; identifiers must never be model inputs")
+        raise features.fail(
+            "numeric", f"lists identifier columns {leaking}; identifiers must never be model inputs"
+        )
     label_inputs = sorted(feature_set & label_columns)
     if label_inputs:
         raise features.fail("numeric", f"lists label columns {label_inputs}")

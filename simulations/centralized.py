@@ -143,9 +143,9 @@ def run_fold(
     fold_metrics = {
         "fold": split.name,
         "window": chosen,
-        "train_rows": int(len(split.rows("train"))),
-        "validation_rows": int(len(split.rows("validation"))),
-        "test_rows": int(len(split.rows("test"))),
+        "train_rows": len(split.rows("train")),
+        "validation_rows": len(split.rows("validation")),
+        "test_rows": len(split.rows("test")),
         "resampling": prepared.resampling.to_dict() if prepared.resampling else None,
         "feature_ranking": prepared.ranking.ranked() if prepared.ranking else None,
         "test": best.test,
@@ -246,7 +246,7 @@ def run_centralized(
 
 def format_table(metrics: dict[str, Any]) -> str:
     """Render the headline metrics of the CNN-LSTM and the baselines as a text table."""
-    rows = [("cnn_lstm (W=%s)" % metrics["window"], metrics)]
+    rows = [(f"cnn_lstm (W={metrics['window']})", metrics)]
     rows += [(f"cnn_lstm W={w}", m) for w, m in metrics["window_results"].items()]
     rows += list(metrics["baselines"].items())
     keys = ("accuracy", "precision", "recall", "f1", "macro_f1", "fpr", "roc_auc")
@@ -304,7 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated classical baselines, 'all' or 'none' (default: {','.join(DEFAULT_BASELINES)}); "
         f"available: {','.join(BASELINES)}",
     )
-    parser.add_argument("--top-k", type=int, help="keep the k highest-ranked input columns (default: configured, else all)")
+    parser.add_argument(
+        "--top-k", type=int, help="keep the k highest-ranked input columns (default: configured, else all)"
+    )
     parser.add_argument("--max-rows", type=int, help="use only the first N rows of the file (quick runs)")
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     return parser

@@ -44,7 +44,7 @@ def _assert_partition(split: Split, n_rows: int) -> None:
         pytest.param(10, (0.6, 0.2, 0.2), (6, 2, 2), id="10-rows"),
         # 7 * 0.7 = 4.9 rounds to 5 and 7 * 0.8 = 5.6 rounds to 6.
         pytest.param(7, (0.7, 0.1, 0.2), (5, 1, 1), id="7-rows-rounding"),
-        # Fractions need not sum to 1; they are normalised: 3/6, 1/6, 2/6 of 12.
+        # Fractions that do not sum to 1 are normalised, here to 3/6, 1/6 and 2/6 of 12 rows.
         pytest.param(12, (3.0, 1.0, 2.0), (6, 2, 4), id="unnormalised-fractions"),
     ],
 )
@@ -61,6 +61,7 @@ def test_time_block_split_contiguous_blocks_in_order(
     assert np.array_equal(split.rows("train"), np.arange(0, n_train))
     assert np.array_equal(split.rows("validation"), np.arange(n_train, n_train + n_validation))
     assert np.array_equal(split.rows("test"), np.arange(n_train + n_validation, n_rows))
+    assert len(split.rows("test")) == n_test
     for part in PARTS:
         assert _is_contiguous(split.rows(part)), part
         assert split.rows(part).dtype == np.int64, part
@@ -81,7 +82,8 @@ def test_time_block_split_empty_validation_dropped() -> None:
 
 @pytest.mark.parametrize("n_rows", [0, 1, 2], ids=["0-rows", "1-row", "2-rows"])
 def test_time_block_split_too_few_rows(n_rows: int) -> None:
-    with pytest.raises(EmptyDataError, match=rf"^{n_rows} rows are too few .*0\.7/0\.1/0\.2; supply more rows"):
+    message = rf"^{n_rows} rows are too few .*0\.7/0\.1/0\.2; supply more rows"
+    with pytest.raises(EmptyDataError, match=message):
         time_block_split(n_rows, 0.7, 0.1, 0.2)
 
 
@@ -148,7 +150,7 @@ def test_contiguous_folds_train_validation_outside_test(n_rows: int, validation_
             # A run lies entirely before or entirely after the test block.
             assert run[-1] < test_start or run[0] >= test_stop, fold.name
 
-        # Each validation run is the tail of a training run: it starts where that run stops.
+        # Each validation run is the tail of a training run, so it starts where that run stops.
         train_stops = {int(run[-1]) + 1 for run in fold.train}
         for run in fold.validation:
             assert int(run[0]) in train_stops, fold.name
@@ -190,7 +192,7 @@ def test_stratified_split_keeps_class_proportions() -> None:
     for c, n in counts.items():
         n_test = int(np.sum(labels[split.rows("test")] == c))
         n_validation = int(np.sum(labels[split.rows("validation")] == c))
-        # The test part takes 20% of each class; validation takes 1/8 of the remaining 80%.
+        # The test part takes 20% of each class, and validation takes 1/8 of the remaining 80%.
         assert abs(n_test - 0.2 * n) <= 1, c
         assert abs(n_validation - 0.1 * n) <= 2, c
 
@@ -208,7 +210,7 @@ def test_stratified_split_reproducible_with_seed() -> None:
 
 
 def test_stratified_split_single_row_class() -> None:
-    # Class 3 has one row; it cannot be stratified, but the other classes still are.
+    # Class 3 has one row and cannot be stratified, but the other classes still are.
     labels = _seeded_labels({0: 60, 1: 30, 2: 9, 3: 1}, seed=3)
 
     split = stratified_split(labels, 0.7, 0.1, 0.2, seed=42)
@@ -261,7 +263,8 @@ def test_stratified_split_tiny_part_unstratified(caplog: pytest.LogCaptureFixtur
     ],
 )
 def test_stratified_split_too_few_rows(labels: np.ndarray) -> None:
-    with pytest.raises(EmptyDataError, match=rf"^{len(labels)} rows are too few for a stratified train/validation/test split"):
+    message = rf"^{len(labels)} rows are too few for a stratified train/validation/test split"
+    with pytest.raises(EmptyDataError, match=message):
         stratified_split(labels, 0.7, 0.1, 0.2, seed=42)
 
 
