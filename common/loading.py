@@ -127,12 +127,16 @@ class FlowTable:
         Task whose classes the labels index.
     report : CleaningReport
         What cleaning changed in the whole file.
+    source_rows : numpy.ndarray of int64, shape (n_rows,), or None
+        Position of each row among the data rows of the file it was read
+        from, so that a row can be traced back to its raw record.
     """
 
     features: pd.DataFrame
     labels: np.ndarray | None
     task: TaskConfig
     report: CleaningReport
+    source_rows: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.labels is not None and len(self.labels) != len(self.features):
@@ -160,7 +164,10 @@ class FlowTable:
         """
         features = self.features.iloc[indices].reset_index(drop=True)
         labels = None if self.labels is None else self.labels[indices]
-        return FlowTable(features=features, labels=labels, task=self.task, report=self.report)
+        source_rows = None if self.source_rows is None else self.source_rows[indices]
+        return FlowTable(
+            features=features, labels=labels, task=self.task, report=self.report, source_rows=source_rows
+        )
 
 
 def read_flow_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
@@ -319,6 +326,7 @@ def clean_flows(
 
     labels: np.ndarray | None = None
     rows_without_label = 0
+    positions = np.arange(rows_read, dtype=np.int64)
     if require_labels:
         labels = _map_labels(frame[task_config.label_column], task_config, config, source)
         has_label = labels >= 0
@@ -326,6 +334,7 @@ def clean_flows(
         if rows_without_label:
             frame = frame.loc[has_label].reset_index(drop=True)
             labels = labels[has_label]
+            positions = positions[has_label]
 
     numeric, non_numeric_tokens, infinities = _parse_numeric(frame, config.numeric_features)
     missing_per_column = np.isnan(numeric).sum(axis=0)
@@ -370,6 +379,7 @@ def clean_flows(
         labels=None if labels is None else labels[rows],
         task=task_config,
         report=report,
+        source_rows=positions[rows],
     )
 
 
