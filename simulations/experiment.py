@@ -47,25 +47,27 @@ def evaluate_model(
 def add_burst_metrics(
     metrics: dict[str, Any],
     proba: np.ndarray,
-    prepared: PreparedSplit,
+    test_rows: np.ndarray,
+    window: int,
     table: FlowTable,
     task: TaskConfig,
 ) -> None:
-    """Add burst-level detection scores over the test rows, in capture order."""
+    """Add burst-level detection scores over the test rows, in capture order.
+
+    ``test_rows`` holds the table row of each scored window's last flow. The
+    rows before it that had no full window count as flows without an alert.
+    """
     assert table.labels is not None
-    rows = prepared.test_rows
-    if len(rows) == 0:
+    if len(test_rows) == 0:
         return
-    first, last = int(rows.min()), int(rows.max())
-    span = np.arange(first - prepared.preprocessor.window + 1, last + 1)
-    span = span[span >= 0]
-    y_true = table.labels[span]
+    first, last = int(test_rows.min()), int(test_rows.max())
+    span = np.arange(max(first - window + 1, 0), last + 1)
     y_pred = np.full(len(span), task.normal_index)
     scored = np.zeros(len(span), dtype=bool)
-    position = rows - span[0]
+    position = test_rows - span[0]
     y_pred[position] = proba.argmax(axis=1)
     scored[position] = True
-    metrics["bursts"] = burst_metrics(y_true, y_pred, task.normal_index, scored)
+    metrics["bursts"] = burst_metrics(table.labels[span], y_pred, task.normal_index, scored)
 
 
 def train_and_evaluate(
@@ -107,7 +109,7 @@ def train_and_evaluate(
         validation, _ = evaluate_model(model, prepared.X_val, prepared.y_val, task)
     test, proba = evaluate_model(model, prepared.X_test, prepared.y_test, task)
     if table is not None and config.capture_order:
-        add_burst_metrics(test, proba, prepared, table, task)
+        add_burst_metrics(test, proba, prepared.test_rows, window, table, task)
     epochs_run = len(history.get("loss", []))
     logger.info(
         "train: W=%d, %d epochs in %.1f s, validation F1 %s, test F1 %.4f",

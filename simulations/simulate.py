@@ -1,0 +1,385 @@
+"""Simulate a federation of hospitals on one machine and compare it with centralized and local-only training.
+
+Example::
+
+    python simulations/simulate.py --dataset wustl-ehms-2020 --sites 5 \\
+        --partition contiguous --rounds 10 --out runs/sim
+
+The command holds out the last block of the capture as the common test set,
+divides the rest among the hospitals, writes each hospital's share to its own
+CSV file, and runs the project's ServerApp and ClientApp on Flower's
+simulation engine. It then scores the final global model, a centralized model
+trained on the pooled training data and one local-only model per hospital on
+the same held-out rows, and writes ``report.json``, ``history.jsonl`` and
+``report.png`` into ``--out``.
+
+Flower's simulation engine runs on Ray, whose services listen on every
+network interface. Where the system allows it (root, or unprivileged user
+namespaces), the command therefore re-runs itself in a private network
+namespace that has only a loopback interface.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+#: Set inside the private network namespace so the command does not re-run itself again.
+NETNS_ENV = "FEDIDS_IN_NETNS"
+
+logger = logging.getLogger("simulations.simulate")
+
+
+def _namespace_prefix() -> list[str] | None:
+    """Return the command prefix that runs a program in a new loopback-only network namespace, if allowed."""
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return None
+    for flags in (["--net"], ["--net", "--map-root-user"]):
+        probe = subprocess.run(
+            ["unshare", *flags, "sh", "-c", "ip link set lo up"],
+            capture_output=True,
+            check=False,
+        )
+        if probe.returncode == 0:
+            return ["unshare", *flags, "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
+    return None
+
+
+def reexec_in_network_namespace(argv: Sequence[str]) -> None:
+    """Replace this process with itself inside a private network namespace, when possible.
+
+    Returns only when isolation is unavailable or already in place.
+    """
+    if os.environ.get(NETNS_ENV) == "1":
+        return
+    prefix = _namespace_prefix()
+    if prefix is None:
+        logging.getLogger("simulations.simulate").warning(
+            "isolation: no private network namespace is available (needs root or user namespaces); "
+            "Ray's services will listen on all network interfaces during the simulation"
+        )
+        return
+    os.environ[NETNS_ENV] = "1"
+    command = [*prefix, sys.executable, os.path.abspath(__file__), *argv]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvp(command[0], command)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from common.config import DATA_DIR_ENV
+    from common.partition import PARTITION_MODES
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", required=True, help="dataset configuration name (configs/NAME.toml) or path")
+    parser.add_argument("--task", help="task name from the configuration (default: its default_task)")
+    parser.add_argument("--data-dir", help=f"folder with the dataset files (default: ${DATA_DIR_ENV}, then ./data)")
+    parser.add_argument("--sites", type=int, default=5, help="number of hospital sites (default: 5)")
+    parser.add_argument(
+        "--partition",
+        choices=PARTITION_MODES,
+        default="contiguous",
+        help="how the training data is divided among sites (default: contiguous)",
+    )
+    parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (default: 0.5)")
+    parser.add_argument("--rounds", type=int, default=10, help="federated rounds (default: 10)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument(
+        "--window",
+        type=int,
+        help="flows per window (default: 8 for data in capture order, else 1)",
+    )
+    parser.add_argument("--local-epochs", type=int, default=2, help="local epochs per round (default: 2)")
+    parser.add_argument("--epochs", type=int, help="epoch limit of the centralized and local-only models")
+    parser.add_argument("--min-sites", type=int, help="minimum sites per round (default: all sites, at most 2)")
+    parser.add_argument("--round-timeout", type=float, default=600.0, help="seconds to wait for replies per round")
+    parser.add_argument(
+        "--site-file",
+        action="append",
+        default=[],
+        metavar="INDEX=PATH",
+        help="use PATH as site INDEX's data instead of its share of the dataset (repeatable)",
+    )
+    parser.add_argument("--max-rows", type=int, help="use only the first N rows of the dataset")
+    parser.add_argument("--no-baselines", action="store_true", help="skip the centralized and local-only models")
+    parser.add_argument("--seed", type=int, help="seed of the partition and the models (default: configured)")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    return parser
+
+
+def _parse_site_files(values: Sequence[str], n_sites: int) -> dict[int, Path]:
+    from common.exceptions import ConfigError
+
+    overrides = {}
+    for value in values:
+        index_text, separator, path = value.partition("=")
+        if not separator or not index_text.isdigit() or not path:
+            raise ConfigError(f"--site-file expects INDEX=PATH, got {value!r}")
+        index = int(index_text)
+        if index >= n_sites:
+            raise ConfigError(f"--site-file index {index} is out of range for {n_sites} sites")
+        overrides[index] = Path(path)
+    return overrides
+
+
+def _plot(history: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [entry["round"] for entry in history]
+    figure, (f1_axis, loss_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    f1_axis.plot(rounds, [entry.get("f1") for entry in history], marker="o", label="F1")
+    f1_axis.plot(rounds, [entry.get("macro_f1") for entry in history], marker="s", label="macro-F1")
+    f1_axis.set_xlabel("round")
+    f1_axis.set_ylabel("score on the sites' local test blocks")
+    f1_axis.set_ylim(0, 1.02)
+    f1_axis.legend()
+    f1_axis.grid(alpha=0.3)
+    loss_axis.plot(rounds, [entry.get("loss") for entry in history], marker="o", color="tab:red")
+    loss_axis.set_xlabel("round")
+    loss_axis.set_ylabel("federated evaluation loss")
+    loss_axis.grid(alpha=0.3)
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """Render the comparison as a text table."""
+    keys = ("accuracy", "precision", "recall", "f1", "macro_f1", "fpr", "roc_auc")
+    rows = [("federated", report["federated"])]
+    if "centralized" in report:
+        rows.append(("centralized", report["centralized"]))
+    rows += [(f"local-only {name}", values) for name, values in report.get("local_only", {}).items()]
+    lines = [f"{'model':<22}" + "".join(f"{key:>10}" for key in keys)]
+    for name, values in rows:
+        if "error" in values:
+            lines.append(f"{name:<22}  failed: {values['error']}")
+            continue
+        cells = "".join(
+            f"{values[key]:>10.4f}" if values.get(key) is not None else f"{'n/a':>10}" for key in keys
+        )
+        lines.append(f"{name:<22}{cells}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the simulation described by parsed command-line arguments and write the report."""
+    import numpy as np
+
+    from common.bundle import load_model, write_json
+    from common.config import load_dataset_config, resolve_data_dir
+    from common.exceptions import ConfigError, FedIDSError
+    from common.loading import FlowTable, clean_flows, read_flow_csv
+    from common.partition import partition_rows
+    from common.splits import make_splits
+    from simulations.comparison import TestSet, compare_models
+
+    config = load_dataset_config(args.dataset)
+    task = config.task(args.task)
+    if args.sites < 1 or args.rounds < 1:
+        raise ConfigError(f"--sites and --rounds must be at least 1, got {args.sites} and {args.rounds}")
+    seed = config.training.seed if args.seed is None else args.seed
+    window = args.window or (8 if config.capture_order else 1)
+    if not config.capture_order and window != 1:
+        raise ConfigError(f"{config.name} has no capture order, so --window must be 1, got {window}")
+    site_overrides = _parse_site_files(args.site_file, args.sites)
+    min_sites = args.min_sites or min(2, args.sites)
+
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    path = config.data_paths(resolve_data_dir(args.data_dir))[0]
+    raw = read_flow_csv(path)
+    if args.max_rows is not None:
+        raw = raw.iloc[: args.max_rows]
+    table = clean_flows(raw, config, task, source=str(path))
+    assert table.labels is not None and table.source_rows is not None
+
+    # The global split holds out the test block; the rest is shared among the sites.
+    split = make_splits(config, table.labels, folds=False)[0]
+    pool = np.sort(np.concatenate([split.rows("train"), split.rows("validation")]))
+    shares = partition_rows(
+        table.labels[pool],
+        args.sites,
+        args.partition,
+        normal_index=task.normal_index,
+        alpha=args.alpha,
+        seed=seed,
+        block_size=64 if config.capture_order else 1,
+    )
+    site_dir = out / "sites"
+    site_dir.mkdir(exist_ok=True)
+    sites: dict[int, FlowTable] = {}
+    for index, share in enumerate(shares):
+        rows = pool[share]
+        target = site_dir / f"site-{index}.csv"
+        if index in site_overrides:
+            shutil.copyfile(site_overrides[index], target)
+            logger.info("sites: site %d uses %s", index, site_overrides[index])
+        else:
+            raw.iloc[table.source_rows[rows]].to_csv(target, index=False)
+            sites[index] = table.take(rows)
+        counts = np.bincount(table.labels[rows], minlength=task.n_classes).tolist()
+        logger.info("sites: site %d holds %d rows, class counts %s", index, len(rows), counts)
+
+    checkpoint_dir = out / "checkpoints"
+    # A fresh run name per invocation keeps the histories of repeated runs apart.
+    run_name = time.strftime("federated-%Y%m%d-%H%M%S")
+    settings = {
+        "dataset": str(config.source),
+        "task": task.name,
+        "num-rounds": args.rounds,
+        "window": window,
+        "local-epochs": args.local_epochs,
+        "batch-size": config.training.batch_size,
+        "learning-rate": config.model.learning_rate,
+        "min-sites": min_sites,
+        "round-timeout": args.round_timeout,
+        "checkpoint-dir": str(checkpoint_dir.resolve()),
+        "run-name": run_name,
+        "site-dir": str(site_dir.resolve()),
+        "seed": seed,
+    }
+    started = time.perf_counter()
+    run_federation(settings, args.sites)
+    federation_seconds = time.perf_counter() - started
+
+    run_dir = checkpoint_dir / run_name
+    history_path = run_dir / "history.jsonl"
+    if not history_path.exists():
+        raise FedIDSError(f"the federation wrote no round history to {history_path}; see the log above")
+    history = [json.loads(line) for line in history_path.read_text().splitlines() if line.strip()]
+    last_round = max(entry["round"] for entry in history)
+    final_dir = run_dir / f"round-{last_round:03d}"
+    federated_model, federated_preprocessor = load_model(final_dir)
+
+    test_set = TestSet(table=table, runs=split.test)
+    comparison = compare_models(
+        sites,
+        test_set,
+        federated_model,
+        federated_preprocessor,
+        config,
+        task,
+        epochs=args.epochs,
+        local_only=not args.no_baselines,
+        centralized=not args.no_baselines,
+    )
+    report = {
+        **comparison,
+        "dataset": config.name,
+        "task": task.name,
+        "classes": list(task.classes),
+        "window": window,
+        "sites": args.sites,
+        "partition": args.partition,
+        "alpha": args.alpha if args.partition == "dirichlet" else None,
+        "rounds": args.rounds,
+        "local_epochs": args.local_epochs,
+        "test_rows": len(split.rows("test")),
+        "site_rows": [len(share) for share in shares],
+        "federation_seconds": federation_seconds,
+        "final_checkpoint": str(final_dir),
+        "history": history,
+    }
+    write_json(out / "report.json", report)
+    shutil.copyfile(history_path, out / "history.jsonl")
+    _plot(history, out / "report.png", f"{config.name}, {args.sites} sites, {args.partition} partition")
+    return report
+
+
+class FederationFailedError(Exception):
+    """The simulation engine or the ServerApp stopped with an error."""
+
+
+def _shutdown_and_exit(code: int) -> None:
+    """End the process at once, after stopping Ray.
+
+    Flower's ServerApp runs in a thread that is not a daemon and can wait out
+    long round timeouts after a failure, so a normal interpreter exit could
+    hang; Ray is stopped first so that none of its processes outlive this one.
+    """
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def run_federation(settings: dict[str, Any], n_sites: int) -> None:
+    """Run the ServerApp and one ClientApp per site on Flower's simulation engine."""
+    # Start this process's TensorFlow runtime with its default thread pools
+    # before the thread limits below are set, because those limits are only
+    # meant for the Ray workers that inherit the environment: each simulated
+    # site then trains with one thread and two sites share two cores.
+    import tensorflow as tf
+    from flwr.simulation import run_simulation
+
+    from client.app import app as client_app
+    from common.exceptions import FedIDSError
+    from server.app import build_server_app
+
+    _ = tf.constant(0) + 1
+    os.environ.update({"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1"})
+    backend_config = {
+        "init_args": {"num_cpus": max(os.cpu_count() or 1, 1), "include_dashboard": False},
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+    }
+    logger.info("federation: starting %d sites for %d rounds", n_sites, settings["num-rounds"])
+    try:
+        run_simulation(
+            server_app=build_server_app(settings),
+            client_app=client_app,
+            num_supernodes=n_sites,
+            backend_config=backend_config,  # type: ignore[arg-type]
+        )
+    except FedIDSError:
+        raise
+    except Exception as error:
+        raise FederationFailedError(f"the federation failed: {error}; see the log above") from error
+    finally:
+        for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+            os.environ.pop(name, None)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    reexec_in_network_namespace(argv)
+
+    from common.exceptions import FedIDSError
+
+    try:
+        report = run(args)
+    except (FedIDSError, FederationFailedError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        _shutdown_and_exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        _shutdown_and_exit(130)
+    print(format_report(report))
+    print(f"wrote {args.out / 'report.json'}, {args.out / 'history.jsonl'} and {args.out / 'report.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
