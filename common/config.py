@@ -108,13 +108,16 @@ class TrainingConfig:
     """Training loop settings.
 
     ``window_lengths`` lists the candidate window lengths W (flows per
-    sample); the command that trains picks one on validation data. W = 1 is
-    the only valid choice for data without capture order.
+    sample) from which the centralized command picks one on validation data.
+    ``window`` is the length that federated training and detection use unless
+    told otherwise. W = 1 is the only valid choice for data without capture
+    order.
     """
 
     epochs: int = 30
     batch_size: int = 256
     patience: int = 5
+    window: int = 1
     window_lengths: tuple[int, ...] = (1,)
     smote_k_neighbors: int = 5
     seed: int = 42
@@ -403,10 +406,10 @@ def _parse_config(raw: Mapping[str, Any], path: Path) -> DatasetConfig:
                 f"{path}: key 'split.stratified' must be true when 'dataset.capture_order' is false, "
                 "because time blocks need rows in capture order"
             )
-        if training.window_lengths != (1,):
+        if training.window_lengths != (1,) or training.window != 1:
             raise ConfigError(
-                f"{path}: key 'training.window_lengths' must be [1] when 'dataset.capture_order' is false, "
-                f"got {list(training.window_lengths)}"
+                f"{path}: keys 'training.window' and 'training.window_lengths' must be 1 and [1] when "
+                f"'dataset.capture_order' is false, got {training.window} and {list(training.window_lengths)}"
             )
     root.reject_unknown()
 
@@ -516,6 +519,7 @@ def _parse_training(table: _Reader) -> TrainingConfig:
         epochs=table.positive_int("epochs", defaults.epochs),
         batch_size=table.positive_int("batch_size", defaults.batch_size),
         patience=table.positive_int("patience", defaults.patience),
+        window=table.positive_int("window", defaults.window),
         window_lengths=tuple(sorted(set(windows))),
         smote_k_neighbors=table.positive_int("smote_k_neighbors", defaults.smote_k_neighbors),
         seed=table.get("seed", int, defaults.seed),

@@ -193,7 +193,10 @@ class CheckpointWriter:
             "metrics": record.metrics,
             "loss": record.loss,
             "train_metrics": record.train_metrics,
-            "trained": [{"node_id": node, "num_examples": count} for node, count in record.train.ok.items()],
+            "trained": [
+                {"node_id": node, "num_examples": count, "train_seconds": record.train.seconds.get(node)}
+                for node, count in record.train.ok.items()
+            ],
             "evaluated": [{"node_id": node, "num_examples": count} for node, count in record.evaluate.ok.items()],
             "train_aggregated": record.train.aggregated,
             "train_note": record.train.note,

@@ -28,7 +28,7 @@ DEFAULTS: dict[str, int | float | str] = {
     "dataset": "wustl-ehms-2020",
     "task": "",
     "num-rounds": 3,
-    "window": 1,
+    "window": 0,
     "local-epochs": 1,
     "batch-size": 256,
     "learning-rate": 0.001,
@@ -118,7 +118,8 @@ class FederationSettings:
             task = dataset_config.task(task_name or None).name
         except ConfigError as error:
             raise ConfigError(f"federation settings: key 'task' is invalid: {error}") from error
-        window = _integer(values, "window", minimum=1)
+        # 0 selects the dataset configuration's training.window.
+        window = _integer(values, "window", minimum=0) or dataset_config.training.window
         if window > 1 and not dataset_config.capture_order:
             raise ConfigError(
                 f"federation settings: key 'window' must be 1 for dataset {dataset!r}, whose rows are "

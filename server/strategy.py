@@ -117,6 +117,8 @@ class PhaseOutcome:
         Node ids the phase's messages went to.
     ok : dict of int to int
         Node id to ``num-examples`` of every valid reply.
+    seconds : dict of int to float
+        Node id to the local training time it reported, for train replies.
     failures : list of NodeFailure
         Error replies and malformed replies.
     timed_out : list of int
@@ -130,6 +132,7 @@ class PhaseOutcome:
     phase: str
     sent: list[int] = field(default_factory=list)
     ok: dict[int, int] = field(default_factory=dict)
+    seconds: dict[int, float] = field(default_factory=dict)
     failures: list[NodeFailure] = field(default_factory=list)
     timed_out: list[int] = field(default_factory=list)
     aggregated: bool = False
@@ -406,7 +409,10 @@ class FederatedIDSStrategy(FedAvg):
                 problem = problem_of(reply)
                 if problem is None:
                     valid.append(reply)
-                    outcome.ok[node_id] = int(_metrics_of(reply)["num-examples"])  # type: ignore[arg-type]
+                    metrics = _metrics_of(reply)
+                    outcome.ok[node_id] = int(metrics["num-examples"])  # type: ignore[arg-type]
+                    if "train-seconds" in metrics:
+                        outcome.seconds[node_id] = float(metrics["train-seconds"])  # type: ignore[arg-type]
                     continue
                 failure = NodeFailure(node_id, outcome.phase, trim_reason(f"malformed reply: {problem}"))
             outcome.failures.append(failure)

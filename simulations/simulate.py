@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--window",
         type=int,
-        help="flows per window (default: 8 for data in capture order, else 1)",
+        help="flows per window (default: the configuration's training.window)",
     )
     parser.add_argument("--local-epochs", type=int, default=2, help="local epochs per round (default: 2)")
     parser.add_argument("--epochs", type=int, help="epoch limit of the centralized and local-only models")
@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.sites < 1 or args.rounds < 1:
         raise ConfigError(f"--sites and --rounds must be at least 1, got {args.sites} and {args.rounds}")
     seed = config.training.seed if args.seed is None else args.seed
-    window = args.window or (8 if config.capture_order else 1)
+    window = args.window or config.training.window
     if not config.capture_order and window != 1:
         raise ConfigError(f"{config.name} has no capture order, so --window must be 1, got {window}")
     site_overrides = _parse_site_files(args.site_file, args.sites)

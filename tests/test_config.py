@@ -277,7 +277,8 @@ def test_config_windows_need_capture_order(tmp_path: Path) -> None:
     text = text.replace("test_fraction = 0.2\n", "test_fraction = 0.2\nstratified = true\n")
     expect_error(
         tmp_path, text,
-        r"'training.window_lengths' must be \[1\] when 'dataset.capture_order' is false, got \[1, 4, 8\]",
+        r"'training.window' and 'training.window_lengths' must be 1 and \[1\] when "
+        r"'dataset.capture_order' is false, got 1 and \[1, 4, 8\]",
     )
 
 

@@ -1,0 +1,210 @@
+"""End-to-end runs of simulations/simulate.py on Flower's simulation engine with real data."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+import pytest
+
+from common.config import DATA_DIR_ENV, DatasetConfig
+from common.loading import load_flows
+from common.preprocessing import FeatureStatistics, Preprocessor
+from common.site import site_split
+
+ROOT = Path(__file__).resolve().parent.parent
+SIMULATE = ROOT / "simulations" / "simulate.py"
+
+#: Wall-clock limit of one simulation subprocess; a healthy run takes about a minute.
+RUN_TIMEOUT_SECONDS = 900
+
+
+def _ray_pids() -> set[int]:
+    pids = set()
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if "raylet" in cmdline or "gcs_server" in cmdline or "ray::" in cmdline or "simulate.py" in cmdline:
+            pids.add(process.info["pid"])
+    return pids
+
+
+def _environment(data_dir: Path) -> dict[str, str]:
+    return {**os.environ, DATA_DIR_ENV: str(data_dir), "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+@pytest.fixture(scope="module")
+def broken_site_file(tmp_path_factory: pytest.TempPathFactory, wustl_path: Path) -> Path:
+    """Real WUSTL rows with the SrcLoad column removed."""
+    frame = pd.read_csv(wustl_path, nrows=1500, dtype=str, keep_default_na=False)
+    path = tmp_path_factory.mktemp("broken") / "site.csv"
+    frame.drop(columns=["SrcLoad"]).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def simulation_run(
+    tmp_path_factory: pytest.TempPathFactory, wustl_path: Path, broken_site_file: Path
+) -> tuple[Path, subprocess.CompletedProcess[str], set[int]]:
+    """Three sites for two rounds on a real WUSTL slice; site 2 gets a file without SrcLoad."""
+    out = tmp_path_factory.mktemp("simulation")
+    before = _ray_pids()
+    data_dir = wustl_path.parent.parent
+    completed = subprocess.run(
+        [
+            sys.executable, str(SIMULATE),
+            "--dataset", "wustl-ehms-2020",
+            "--sites", "3",
+            "--partition", "contiguous",
+            "--rounds", "2",
+            "--window", "8",
+            "--local-epochs", "1",
+            "--epochs", "2",
+            "--max-rows", "6000",
+            "--site-file", f"2={broken_site_file}",
+            "--out", str(out),
+        ],
+        cwd=ROOT,
+        env=_environment(data_dir),
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_SECONDS,
+        check=False,
+    )
+    return out, completed, before
+
+
+def _run_dir(out: Path) -> Path:
+    runs = sorted((out / "checkpoints").iterdir())
+    assert len(runs) == 1, f"expected one run folder, found {runs}"
+    return runs[0]
+
+
+def test_simulation_completes_with_broken_site(simulation_run: tuple[Path, subprocess.CompletedProcess[str], set[int]]) -> None:
+    out, completed, _ = simulation_run
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "Traceback" not in completed.stdout
+    assert (out / "report.json").is_file()
+    assert (out / "report.png").stat().st_size > 0
+    assert "federated" in completed.stdout
+
+
+def test_simulation_checkpoint_per_round(simulation_run: tuple[Path, subprocess.CompletedProcess[str], set[int]]) -> None:
+    out, _, _ = simulation_run
+    run_dir = _run_dir(out)
+    for round_number in (1, 2):
+        folder = run_dir / f"round-{round_number:03d}"
+        assert (folder / "model.keras").is_file(), f"no model in {folder}"
+        assert (folder / "preprocessing.json").is_file()
+        assert (folder / "metrics.json").is_file()
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert [entry["round"] for entry in history] == [1, 2]
+
+
+def test_simulation_metrics_finite(simulation_run: tuple[Path, subprocess.CompletedProcess[str], set[int]]) -> None:
+    out, _, _ = simulation_run
+    report = json.loads((out / "report.json").read_text())
+    for name in ("federated", "centralized"):
+        for key in ("accuracy", "precision", "recall", "f1", "macro_f1", "fpr", "roc_auc"):
+            value = report[name][key]
+            assert value is not None and math.isfinite(value), f"{name} {key} = {value}"
+    for entry in report["history"]:
+        for key in ("f1", "loss", "accuracy"):
+            assert math.isfinite(entry[key]), f"round {entry['round']} {key} = {entry[key]}"
+    assert set(report["local_only"]) == {"site-0", "site-1"}
+
+
+def test_simulation_broken_site_fails_alone(simulation_run: tuple[Path, subprocess.CompletedProcess[str], set[int]]) -> None:
+    out, _, _ = simulation_run
+    run_dir = _run_dir(out)
+    for round_number in (1, 2):
+        record = json.loads((run_dir / f"round-{round_number:03d}" / "metrics.json").read_text())
+        assert len(record["trained"]) == 2, record["trained"]
+        reasons = json.dumps(record["failures"])
+        assert "SrcLoad" in reasons, reasons
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert all(entry["n_sites_ok"] == 2 for entry in history)
+
+
+def test_simulation_merged_statistics_cover_sites(
+    simulation_run: tuple[Path, subprocess.CompletedProcess[str], set[int]], wustl_config: DatasetConfig
+) -> None:
+    out, _, _ = simulation_run
+    preprocessor = Preprocessor.load(_run_dir(out) / "round-001" / "preprocessing.json")
+    site_minimum, site_maximum = [], []
+    for index in (0, 1):
+        table = load_flows(out / "sites" / f"site-{index}.csv", wustl_config)
+        split = site_split(table, wustl_config)
+        statistics = FeatureStatistics.fit(table.features.iloc[split.rows("train")], wustl_config)
+        assert np.all(preprocessor.minimum <= statistics.minimum + 1e-12)
+        assert np.all(preprocessor.maximum >= statistics.maximum - 1e-12)
+        site_minimum.append(statistics.minimum)
+        site_maximum.append(statistics.maximum)
+    # The agreed range is exactly the union of the sites' ranges.
+    np.testing.assert_allclose(preprocessor.minimum, np.minimum(*site_minimum))
+    np.testing.assert_allclose(preprocessor.maximum, np.maximum(*site_maximum))
+
+
+def test_simulation_leaves_no_process(simulation_run: tuple[Path, subprocess.CompletedProcess[str], set[int]]) -> None:
+    _, _, before = simulation_run
+    deadline = time.monotonic() + 30
+    while _ray_pids() - before and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not _ray_pids() - before
+
+
+def test_simulation_interrupt_leaves_no_process(tmp_path: Path, wustl_path: Path) -> None:
+    before = _ray_pids()
+    process = subprocess.Popen(
+        [
+            sys.executable, str(SIMULATE),
+            "--dataset", "wustl-ehms-2020",
+            "--sites", "2",
+            "--rounds", "50",
+            "--window", "1",
+            "--max-rows", "3000",
+            "--no-baselines",
+            "--out", str(tmp_path / "out"),
+        ],
+        cwd=ROOT,
+        env=_environment(wustl_path.parent.parent),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    started = time.monotonic()
+    for line in process.stdout:
+        if "round 1:" in line or time.monotonic() - started > RUN_TIMEOUT_SECONDS:
+            break
+    process.send_signal(signal.SIGINT)
+    exit_code = process.wait(timeout=60)
+    assert exit_code == 130
+    deadline = time.monotonic() + 30
+    while _ray_pids() - before and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not _ray_pids() - before
+
+
+def test_simulation_rejects_bad_site_file_argument(tmp_path: Path, wustl_path: Path) -> None:
+    completed = subprocess.run(
+        [sys.executable, str(SIMULATE), "--dataset", "wustl-ehms-2020", "--sites", "2",
+         "--site-file", "5=missing.csv", "--out", str(tmp_path)],
+        cwd=ROOT,
+        env=_environment(wustl_path.parent.parent),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 2
+    assert "--site-file index 5 is out of range for 2 sites" in completed.stderr
+    assert "Traceback" not in completed.stderr
