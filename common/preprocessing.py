@@ -661,6 +661,17 @@ class Preprocessor:
             logger.warning(
                 "preprocessor: no site has a value for %s; these columns will always be 0", never_seen
             )
+        constant = [
+            name
+            for name, low, high in zip(stats.features, stats.minimum, stats.maximum, strict=True)
+            if low == high
+        ]
+        if constant:
+            # A zero range gives scale 0, so later values that differ are lost as well.
+            logger.warning(
+                "preprocessor: columns %s have a single value in the training rows, so they will always be 0",
+                constant,
+            )
         fill_value = np.nan_to_num(stats.mean(), nan=0.0)
         return cls(
             dataset=config.name,

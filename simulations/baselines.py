@@ -22,6 +22,7 @@ from sklearn.svm import LinearSVC
 from sklearn.tree import DecisionTreeClassifier
 
 from common.config import TaskConfig
+from common.exceptions import ConfigError
 from common.metrics import classification_metrics
 
 logger = logging.getLogger(__name__)
@@ -91,12 +92,19 @@ def run_baselines(
     Returns
     -------
     dict
-        Baseline name to its metrics, with ``train_seconds`` added.
+        Baseline name to its metrics, with ``train_seconds`` added. A baseline
+        is left out, with a warning, when the training samples hold a single
+        class or scikit-learn rejects them as too few for that estimator.
+
+    Raises
+    ------
+    ConfigError
+        If a name is not in :data:`BASELINES`.
     """
     factories = _factories(seed)
     unknown = sorted(set(names) - set(factories))
     if unknown:
-        raise ValueError(f"unknown baseline(s) {unknown}; choose from {sorted(factories)}")
+        raise ConfigError(f"unknown baseline(s) {unknown}; choose from {sorted(factories)}")
     flat_train = X_train.reshape(len(X_train), -1)
     flat_test = X_test.reshape(len(X_test), -1)
     results: dict[str, dict[str, Any]] = {}
@@ -107,11 +115,22 @@ def run_baselines(
             continue
         model = factories[name]()
         started = time.perf_counter()
-        model.fit(flat_train, y_train)
-        seconds = time.perf_counter() - started
-        metrics = classification_metrics(
-            y_test, _scores(model, flat_test, task.n_classes), task.classes, task.normal_class
-        )
+        try:
+            model.fit(flat_train, y_train)
+            seconds = time.perf_counter() - started
+            scores = _scores(model, flat_test, task.n_classes)
+        except ValueError as error:
+            # scikit-learn rejects training sets that are too small for the
+            # estimator, for example fewer samples than knn's 5 neighbours or
+            # too few for the mlp's early-stopping validation split.
+            logger.warning(
+                "baseline: skipped %s because scikit-learn rejected %d training samples: %s",
+                name,
+                len(y_train),
+                error,
+            )
+            continue
+        metrics = classification_metrics(y_test, scores, task.classes, task.normal_class)
         metrics["train_seconds"] = seconds
         results[name] = metrics
         logger.info("baseline: %s F1 %.4f in %.1f s", name, metrics["f1"], seconds)

@@ -79,8 +79,9 @@ def _fold_summary(fold_results: list[dict[str, Any]], key: str = "test") -> dict
             "bursts_detected_share": detected / total if total else None,
             "detection_delay_mean": float(np.mean(delays)) if delays else None,
             "false_alarm_episodes": episodes,
-            "false_alarm_episodes_per_10k_normal": float(
-                np.mean([b["false_alarm_episodes_per_10k_normal"] for b in bursts])
+            # None marks a test block without normal flows, which has no false-alarm rate.
+            "false_alarm_episodes_per_10k_normal": _mean_or_none(
+                [b["false_alarm_episodes_per_10k_normal"] for b in bursts]
             ),
             "recall_by_position": {
                 bucket: _mean_or_none([b["recall_by_position"][bucket] for b in bursts])
@@ -269,6 +270,24 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _count(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from error
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    return _count(text, 1)
+
+
+def _non_negative_int(text: str) -> int:
+    return _count(text, 0)
+
+
 def _baseline_list(text: str) -> list[str]:
     if text == "none":
         return []
@@ -296,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="one train/validation/test split instead of the configured contiguous folds",
     )
     parser.add_argument("--windows", type=_int_list, help="candidate window lengths, e.g. 1,8,16 (default: configured)")
-    parser.add_argument("--epochs", type=int, help="maximum training epochs (default: configured)")
+    parser.add_argument("--epochs", type=_positive_int, help="maximum training epochs (default: configured)")
     parser.add_argument(
         "--baselines",
         type=_baseline_list,
@@ -305,16 +324,26 @@ def build_parser() -> argparse.ArgumentParser:
         f"available: {','.join(BASELINES)}",
     )
     parser.add_argument(
-        "--top-k", type=int, help="keep the k highest-ranked input columns (default: configured, else all)"
+        "--top-k",
+        type=_non_negative_int,
+        help="keep the k highest-ranked input columns; 0 keeps all (default: configured, else all)",
     )
-    parser.add_argument("--max-rows", type=int, help="use only the first N rows of the file (quick runs)")
-    parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    parser.add_argument(
+        "--max-rows", type=_positive_int, help="use only the first N rows of the file (quick runs)"
+    )
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+        help="logging level (default: INFO)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_dataset_config(args.dataset)
         task = config.task(args.task)

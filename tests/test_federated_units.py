@@ -563,6 +563,7 @@ def test_checkpoint_writer_writes_rounds_and_history(tmp_path: Path) -> None:
     arrays = ArrayRecord(get_weights(model))
     record = RoundRecord(1)
     record.train.ok = {11: 10, 22: 20}
+    record.train.seconds = {11: 1.5}
     record.evaluate.ok = {11: 5}
     record.evaluate.timed_out = [22]
     record.metrics = {"f1": 0.5, "accuracy": 0.9, "confusion_matrix": [[1, 0], [0, 1]]}
@@ -586,7 +587,10 @@ def test_checkpoint_writer_writes_rounds_and_history(tmp_path: Path) -> None:
     assert history["failures"] == 1
     round_metrics = json.loads((tmp_path / "run" / "round-001" / "metrics.json").read_text())
     assert round_metrics["timed_out"] == [{"node_id": 22, "phase": "evaluate"}]
-    assert round_metrics["trained"] == [{"node_id": 11, "num_examples": 10}, {"node_id": 22, "num_examples": 20}]
+    assert round_metrics["trained"] == [
+        {"node_id": 11, "num_examples": 10, "train_seconds": 1.5},
+        {"node_id": 22, "num_examples": 20, "train_seconds": None},
+    ]
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["status"] == "finished"
     assert run["final_round"] == 1

@@ -24,21 +24,39 @@ from common.site import site_split
 ROOT = Path(__file__).resolve().parent.parent
 SIMULATE = ROOT / "simulations" / "simulate.py"
 
+#: Output folder, finished process and the tag of its processes.
+SimulationRun = tuple[Path, "subprocess.CompletedProcess[str]", str]
+
 #: Wall-clock limit of one simulation subprocess; a healthy run takes about a minute.
 RUN_TIMEOUT_SECONDS = 900
 
 
-def _ray_pids() -> set[int]:
+#: Environment variable that marks the processes of one test run; Ray's
+#: services and workers inherit it from simulate.py.
+TAG_ENV = "FEDIDS_TEST_RUN_TAG"
+
+
+def _tagged_pids(tag: str) -> set[int]:
+    """Return the ids of live processes whose environment carries ``tag``."""
     pids = set()
-    for process in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = " ".join(process.info["cmdline"] or [])
-        if "raylet" in cmdline or "gcs_server" in cmdline or "ray::" in cmdline or "simulate.py" in cmdline:
-            pids.add(process.info["pid"])
+    for process in psutil.process_iter(["pid"]):
+        try:
+            if process.environ().get(TAG_ENV) == tag and process.status() != psutil.STATUS_ZOMBIE:
+                pids.add(process.info["pid"])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
     return pids
 
 
-def _environment(data_dir: Path) -> dict[str, str]:
-    return {**os.environ, DATA_DIR_ENV: str(data_dir), "TF_CPP_MIN_LOG_LEVEL": "2"}
+def _wait_until_gone(tag: str, seconds: float = 30) -> set[int]:
+    deadline = time.monotonic() + seconds
+    while _tagged_pids(tag) and time.monotonic() < deadline:
+        time.sleep(1)
+    return _tagged_pids(tag)
+
+
+def _environment(data_dir: Path, tag: str = "") -> dict[str, str]:
+    return {**os.environ, DATA_DIR_ENV: str(data_dir), "TF_CPP_MIN_LOG_LEVEL": "2", TAG_ENV: tag}
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +71,10 @@ def broken_site_file(tmp_path_factory: pytest.TempPathFactory, wustl_path: Path)
 @pytest.fixture(scope="module")
 def simulation_run(
     tmp_path_factory: pytest.TempPathFactory, wustl_path: Path, broken_site_file: Path
-) -> tuple[Path, subprocess.CompletedProcess[str], set[int]]:
+) -> SimulationRun:
     """Three sites for two rounds on a real WUSTL slice; site 2 gets a file without SrcLoad."""
     out = tmp_path_factory.mktemp("simulation")
-    before = _ray_pids()
+    tag = f"simulation-{os.getpid()}"
     data_dir = wustl_path.parent.parent
     completed = subprocess.run(
         [
@@ -73,13 +91,13 @@ def simulation_run(
             "--out", str(out),
         ],
         cwd=ROOT,
-        env=_environment(data_dir),
+        env=_environment(data_dir, tag),
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT_SECONDS,
         check=False,
     )
-    return out, completed, before
+    return out, completed, tag
 
 
 def _run_dir(out: Path) -> Path:
@@ -88,7 +106,7 @@ def _run_dir(out: Path) -> Path:
     return runs[0]
 
 
-def test_simulation_completes_with_broken_site(simulation_run: tuple[Path, subprocess.CompletedProcess[str], set[int]]) -> None:
+def test_simulation_completes_with_broken_site(simulation_run: SimulationRun) -> None:
     out, completed, _ = simulation_run
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "Traceback" not in completed.stdout
@@ -97,7 +115,7 @@ def test_simulation_completes_with_broken_site(simulation_run: tuple[Path, subpr
     assert "federated" in completed.stdout
 
 
-def test_simulation_checkpoint_per_round(simulation_run: tuple[Path, subprocess.CompletedProcess[str], set[int]]) -> None:
+def test_simulation_checkpoint_per_round(simulation_run: SimulationRun) -> None:
     out, _, _ = simulation_run
     run_dir = _run_dir(out)
     for round_number in (1, 2):
@@ -109,7 +127,7 @@ def test_simulation_checkpoint_per_round(simulation_run: tuple[Path, subprocess.
     assert [entry["round"] for entry in history] == [1, 2]
 
 
-def test_simulation_metrics_finite(simulation_run: tuple[Path, subprocess.CompletedProcess[str], set[int]]) -> None:
+def test_simulation_metrics_finite(simulation_run: SimulationRun) -> None:
     out, _, _ = simulation_run
     report = json.loads((out / "report.json").read_text())
     for name in ("federated", "centralized"):
@@ -122,7 +140,7 @@ def test_simulation_metrics_finite(simulation_run: tuple[Path, subprocess.Comple
     assert set(report["local_only"]) == {"site-0", "site-1"}
 
 
-def test_simulation_broken_site_fails_alone(simulation_run: tuple[Path, subprocess.CompletedProcess[str], set[int]]) -> None:
+def test_simulation_broken_site_fails_alone(simulation_run: SimulationRun) -> None:
     out, _, _ = simulation_run
     run_dir = _run_dir(out)
     for round_number in (1, 2):
@@ -135,7 +153,7 @@ def test_simulation_broken_site_fails_alone(simulation_run: tuple[Path, subproce
 
 
 def test_simulation_merged_statistics_cover_sites(
-    simulation_run: tuple[Path, subprocess.CompletedProcess[str], set[int]], wustl_config: DatasetConfig
+    simulation_run: SimulationRun, wustl_config: DatasetConfig
 ) -> None:
     out, _, _ = simulation_run
     preprocessor = Preprocessor.load(_run_dir(out) / "round-001" / "preprocessing.json")
@@ -153,16 +171,13 @@ def test_simulation_merged_statistics_cover_sites(
     np.testing.assert_allclose(preprocessor.maximum, np.maximum(*site_maximum))
 
 
-def test_simulation_leaves_no_process(simulation_run: tuple[Path, subprocess.CompletedProcess[str], set[int]]) -> None:
-    _, _, before = simulation_run
-    deadline = time.monotonic() + 30
-    while _ray_pids() - before and time.monotonic() < deadline:
-        time.sleep(1)
-    assert not _ray_pids() - before
+def test_simulation_leaves_no_process(simulation_run: SimulationRun) -> None:
+    _, _, tag = simulation_run
+    assert not _wait_until_gone(tag)
 
 
 def test_simulation_interrupt_leaves_no_process(tmp_path: Path, wustl_path: Path) -> None:
-    before = _ray_pids()
+    tag = f"interrupt-{os.getpid()}"
     process = subprocess.Popen(
         [
             sys.executable, str(SIMULATE),
@@ -175,7 +190,7 @@ def test_simulation_interrupt_leaves_no_process(tmp_path: Path, wustl_path: Path
             "--out", str(tmp_path / "out"),
         ],
         cwd=ROOT,
-        env=_environment(wustl_path.parent.parent),
+        env=_environment(wustl_path.parent.parent, tag),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -188,10 +203,7 @@ def test_simulation_interrupt_leaves_no_process(tmp_path: Path, wustl_path: Path
     process.send_signal(signal.SIGINT)
     exit_code = process.wait(timeout=60)
     assert exit_code == 130
-    deadline = time.monotonic() + 30
-    while _ray_pids() - before and time.monotonic() < deadline:
-        time.sleep(1)
-    assert not _ray_pids() - before
+    assert not _wait_until_gone(tag)
 
 
 def test_simulation_rejects_bad_site_file_argument(tmp_path: Path, wustl_path: Path) -> None:
