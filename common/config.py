@@ -22,7 +22,7 @@ from common.exceptions import ConfigError
 #: Folder with the shipped dataset configurations (``configs/`` at the repository root).
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
-#: Environment variable naming the folder that holds the dataset files.
+#: Environment variable naming the folder that contains the dataset files.
 DATA_DIR_ENV = "FEDIDS_DATA_DIR"
 
 #: Data folder used when neither ``--data-dir`` nor :data:`DATA_DIR_ENV` is set.
@@ -110,7 +110,7 @@ class TrainingConfig:
     ``window_lengths`` lists the candidate window lengths W (flows per
     sample) from which the centralized command picks one on validation data.
     ``window`` is the length that federated training and detection use unless
-    told otherwise. W = 1 is the only valid choice for data without capture
+    a command sets another. W = 1 is the only valid choice for data without capture
     order.
     """
 

@@ -234,6 +234,9 @@ def run_centralized(
         "rows": len(table),
         "cleaning": table.report.to_dict(),
         "top_k_features": top_k,
+        "predict_windows_per_second": float(
+            np.mean([fold["test"].get("predict_windows_per_second") or 0.0 for fold in fold_results])
+        ),
         "baselines": baseline_summary,
         "per_fold": fold_results,
         "wall_seconds": time.perf_counter() - started,

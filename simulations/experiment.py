@@ -107,7 +107,10 @@ def train_and_evaluate(
     validation: dict[str, Any] = {}
     if len(prepared.y_val):
         validation, _ = evaluate_model(model, prepared.X_val, prepared.y_val, task)
+    predict_started = time.perf_counter()
     test, proba = evaluate_model(model, prepared.X_test, prepared.y_test, task)
+    predict_seconds = time.perf_counter() - predict_started
+    test["predict_windows_per_second"] = len(prepared.y_test) / predict_seconds if predict_seconds else None
     if table is not None and config.capture_order:
         add_burst_metrics(test, proba, prepared.test_rows, window, table, task)
     epochs_run = len(history.get("loss", []))

@@ -232,7 +232,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raw.iloc[table.source_rows[rows]].to_csv(target, index=False)
             sites[index] = table.take(rows)
         counts = np.bincount(table.labels[rows], minlength=task.n_classes).tolist()
-        logger.info("sites: site %d holds %d rows, class counts %s", index, len(rows), counts)
+        logger.info("sites: site %d has %d rows, class counts %s", index, len(rows), counts)
 
     checkpoint_dir = out / "checkpoints"
     # A fresh run name per invocation keeps the histories of repeated runs apart.
