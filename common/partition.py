@@ -152,6 +152,13 @@ def _dirichlet_assignment(block_labels: list[int], n_sites: int, alpha: float, s
     )
     partitioner.dataset = dataset
     assignment = np.full(len(block_labels), -1, dtype=np.int64)
-    for site in range(n_sites):
-        assignment[partitioner.load_partition(site)["block"]] = site
+    try:
+        for site in range(n_sites):
+            assignment[partitioner.load_partition(site)["block"]] = site
+    except ValueError as error:
+        # flwr-datasets gives up when its draws keep leaving a site below the minimum size.
+        raise ConfigError(
+            f"the Dirichlet partition of {len(block_labels)} blocks into {n_sites} sites with alpha {alpha} "
+            f"failed ({error}); use fewer sites, a larger alpha or more rows"
+        ) from error
     return assignment

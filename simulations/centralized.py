@@ -33,7 +33,7 @@ from common.config import (
     load_dataset_config,
     resolve_data_dir,
 )
-from common.exceptions import FedIDSError
+from common.exceptions import ConfigError, FedIDSError
 from common.loading import FlowTable, load_flows
 from common.metrics import mean_metrics
 from common.pipeline import prepare_split
@@ -187,6 +187,8 @@ def run_centralized(
         raise FedIDSError(
             f"{config.name} has no capture order, so only W = 1 is valid; got windows {list(windows)}"
         )
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} exists and is not a folder; choose another output folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     splits = make_splits(config, table.labels, folds=folds)
     started = time.perf_counter()

@@ -75,6 +75,26 @@ def reexec_in_network_namespace(argv: Sequence[str]) -> None:
     os.execvp(command[0], command)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from error
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from error
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from common.config import DATA_DIR_ENV
     from common.partition import PARTITION_MODES
@@ -95,13 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument(
         "--window",
-        type=int,
+        type=_positive_int,
         help="flows per window (default: the configuration's training.window)",
     )
-    parser.add_argument("--local-epochs", type=int, default=2, help="local epochs per round (default: 2)")
-    parser.add_argument("--epochs", type=int, help="epoch limit of the centralized and local-only models")
-    parser.add_argument("--min-sites", type=int, help="minimum sites per round (default: all sites, at most 2)")
-    parser.add_argument("--round-timeout", type=float, default=600.0, help="seconds to wait for replies per round")
+    parser.add_argument("--local-epochs", type=_positive_int, default=2, help="local epochs per round (default: 2)")
+    parser.add_argument("--epochs", type=_positive_int, help="epoch limit of the centralized and local-only models")
+    parser.add_argument(
+        "--min-sites", type=_positive_int, help="minimum sites per round (default: 2, or 1 for a single site)"
+    )
+    parser.add_argument(
+        "--round-timeout", type=_positive_float, default=600.0, help="seconds to wait for replies per round"
+    )
     parser.add_argument(
         "--site-file",
         action="append",
@@ -109,10 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="INDEX=PATH",
         help="use PATH as site INDEX's data instead of its share of the dataset (repeatable)",
     )
-    parser.add_argument("--max-rows", type=int, help="use only the first N rows of the dataset")
+    parser.add_argument("--max-rows", type=_positive_int, help="use only the first N rows of the dataset")
     parser.add_argument("--no-baselines", action="store_true", help="skip the centralized and local-only models")
     parser.add_argument("--seed", type=int, help="seed of the partition and the models (default: configured)")
-    parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging level (default: INFO)",
+    )
     return parser
 
 
@@ -127,6 +157,8 @@ def _parse_site_files(values: Sequence[str], n_sites: int) -> dict[int, Path]:
         index = int(index_text)
         if index >= n_sites:
             raise ConfigError(f"--site-file index {index} is out of range for {n_sites} sites")
+        if not Path(path).is_file():
+            raise ConfigError(f"--site-file {value!r}: file not found: {path}")
         overrides[index] = Path(path)
     return overrides
 
@@ -197,8 +229,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(f"{config.name} has no capture order, so --window must be 1, got {window}")
     site_overrides = _parse_site_files(args.site_file, args.sites)
     min_sites = args.min_sites or min(2, args.sites)
+    if min_sites > args.sites:
+        raise ConfigError(f"--min-sites {min_sites} is larger than --sites {args.sites}")
 
     out = args.out
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a folder; choose another output folder")
     out.mkdir(parents=True, exist_ok=True)
     path = config.data_paths(resolve_data_dir(args.data_dir))[0]
     raw = read_flow_csv(path)
@@ -219,6 +255,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         seed=seed,
         block_size=64 if config.capture_order else 1,
     )
+    # A site trains only if its local training block holds at least one window.
+    smallest = min(len(share) for share in shares)
+    if smallest * config.split.train_fraction < window:
+        raise ConfigError(
+            f"the smallest site has {smallest} rows, too few for a training block with one window of "
+            f"{window} flows; use fewer sites, a shorter --window or more rows"
+        )
     site_dir = out / "sites"
     site_dir.mkdir(exist_ok=True)
     sites: dict[int, FlowTable] = {}
