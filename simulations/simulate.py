@@ -165,6 +165,7 @@ def _parse_site_files(values: Sequence[str], n_sites: int) -> dict[int, Path]:
 
 def _plot(history: list[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -182,6 +183,8 @@ def _plot(history: list[dict[str, Any]], path: Path, title: str) -> None:
     loss_axis.set_xlabel("round")
     loss_axis.set_ylabel("federated evaluation loss")
     loss_axis.grid(alpha=0.3)
+    for axis in (f1_axis, loss_axis):
+        axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
