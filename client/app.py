@@ -39,7 +39,7 @@ import pandas as pd
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.site_data import config_value, dataset_and_task, load_site, load_site_table
+from client.site_data import SiteData, config_value, dataset_and_task, load_site, load_site_table
 from common.config import DatasetConfig, TaskConfig
 from common.exceptions import ConfigError, EmptyDataError, PreprocessingError
 from common.metrics import DEFAULT_HISTOGRAM_BINS, confusion_counts, score_histograms
@@ -222,17 +222,7 @@ def train(msg: Message, context: Context) -> Message:
     set_weights(model, received)
 
     try:
-        site = load_site(context.node_config, config)
-        prepared = prepare_split(
-            site.table,
-            site.split,
-            site.config,
-            site.task,
-            preprocessor.window,
-            preprocessor=preprocessor,
-            resample=True,
-            source=site.source,
-        )
+        site, prepared = _prepare_site(context, config, preprocessor, resample=True)
     except EmptyDataError as error:
         logger.warning(
             "train: round %d: no training windows at this site, returning the received weights unchanged: %s",
@@ -285,16 +275,19 @@ def _evaluate_reply(
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
 
-def _prepare_test_windows(context: Context, config: ConfigRecord, preprocessor: Preprocessor) -> PreparedSplit:
+def _prepare_site(
+    context: Context, config: ConfigRecord, preprocessor: Preprocessor, *, resample: bool
+) -> tuple[SiteData, PreparedSplit]:
+    """Load this site's data and window it with the federation's preprocessing."""
     site = load_site(context.node_config, config)
-    return prepare_split(
+    return site, prepare_split(
         site.table,
         site.split,
         site.config,
         site.task,
         preprocessor.window,
         preprocessor=preprocessor,
-        resample=False,
+        resample=resample,
         source=site.source,
     )
 
@@ -323,13 +316,13 @@ def evaluate(msg: Message, context: Context) -> Message:
     set_weights(model, _received_weights(msg))
 
     try:
-        prepared = _prepare_test_windows(context, config, preprocessor)
+        _, prepared = _prepare_site(context, config, preprocessor, resample=False)
     except EmptyDataError as error:
         logger.warning("evaluate: round %d: no usable data at this site: %s", server_round, error)
         prepared = None
     if prepared is None or len(prepared.y_test) == 0:
         if prepared is not None:
-            logger.warning("evaluate: round %d: the local test block holds no window", server_round)
+            logger.warning("evaluate: round %d: the local test block contains no window", server_round)
         empty_confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
         empty_histograms = np.zeros((n_classes, 2, bins), dtype=np.int64)
         return _evaluate_reply(msg, 0, 0.0, empty_confusion, empty_histograms, bins)

@@ -294,7 +294,12 @@ def burst_metrics(
             detected += 1
             delays.append(int(hits[0]))
         for offset in range(stop - start):
-            bucket = "first" if offset == 0 else ("2-3" if offset <= 2 else "4+")
+            if offset == 0:
+                bucket = "first"
+            elif offset <= 2:
+                bucket = "2-3"
+            else:
+                bucket = "4+"
             position_hits[bucket][0] += int(alert[start + offset])
             position_hits[bucket][1] += 1
 

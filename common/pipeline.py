@@ -130,7 +130,9 @@ def prepare_split(
     X_train, y_train, _ = windows_for_runs(X, labels, split.train, window)
     X_val, y_val, _ = windows_for_runs(X, labels, split.validation, window)
     X_test, y_test, test_rows = windows_for_runs(X, labels, split.test, window)
-    assert y_train is not None and y_val is not None and y_test is not None
+    assert y_train is not None
+    assert y_val is not None
+    assert y_test is not None
     if len(y_train) == 0:
         raise EmptyDataError(
             f"{source}: no training window of {window} flows fits in the training rows "

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ResamplingReport:
-    """What :func:`resample_training` did to the class counts."""
+    """Method and class counts before and after :func:`resample_training`."""
 
     method: str
     k_neighbors: int | None
@@ -85,7 +85,7 @@ def resample_training(
     counts = _counts(y)
     if len(counts) < 2:
         logger.warning(
-            "resample: skipped SMOTE for %s because it holds a single class (%s, %d samples)",
+            "resample: skipped SMOTE for %s because it contains a single class (%s, %d samples)",
             source,
             next(iter(counts)),
             len(y),

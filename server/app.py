@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 #: Seconds between two polls of the connected node ids.
 _NODE_POLL_SECONDS = 0.5
 
-#: Top-level packages whose log lines the ServerApp prints when nobody configured logging.
+#: Top-level packages whose log lines the ServerApp prints when logging has no handler yet.
 _PROJECT_LOGGERS = ("server", "common")
 
 

@@ -111,7 +111,7 @@ def run_baselines(
     single_class = len(np.unique(y_train)) < 2
     for name in names:
         if single_class:
-            logger.warning("baseline: skipped %s because the training data holds a single class", name)
+            logger.warning("baseline: skipped %s because the training data contains a single class", name)
             continue
         model = factories[name]()
         started = time.perf_counter()

@@ -38,6 +38,7 @@ from common.loading import FlowTable, load_flows
 from common.metrics import mean_metrics
 from common.pipeline import prepare_split
 from common.splits import Split, make_splits
+from simulations.arguments import LOG_LEVELS, non_negative_int, positive_int
 from simulations.baselines import BASELINES, DEFAULT_BASELINES, run_baselines
 from simulations.experiment import TrainedModel, train_and_evaluate
 
@@ -275,24 +276,6 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
-def _count(text: str, minimum: int) -> int:
-    try:
-        value = int(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from error
-    if value < minimum:
-        raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    return _count(text, 1)
-
-
-def _non_negative_int(text: str) -> int:
-    return _count(text, 0)
-
-
 def _baseline_list(text: str) -> list[str]:
     if text == "none":
         return []
@@ -320,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="one train/validation/test split instead of the configured contiguous folds",
     )
     parser.add_argument("--windows", type=_int_list, help="candidate window lengths, e.g. 1,8,16 (default: configured)")
-    parser.add_argument("--epochs", type=_positive_int, help="maximum training epochs (default: configured)")
+    parser.add_argument("--epochs", type=positive_int, help="maximum training epochs (default: configured)")
     parser.add_argument(
         "--baselines",
         type=_baseline_list,
@@ -330,17 +313,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--top-k",
-        type=_non_negative_int,
+        type=non_negative_int,
         help="keep the k highest-ranked input columns; 0 keeps all (default: configured, else all)",
     )
     parser.add_argument(
-        "--max-rows", type=_positive_int, help="use only the first N rows of the file (quick runs)"
+        "--max-rows", type=positive_int, help="use only the first N rows of the file (quick runs)"
     )
     parser.add_argument(
         "--log-level",
         type=str.upper,
         default="INFO",
-        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+        choices=LOG_LEVELS,
         help="logging level (default: INFO)",
     )
     return parser

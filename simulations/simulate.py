@@ -75,29 +75,10 @@ def reexec_in_network_namespace(argv: Sequence[str]) -> None:
     os.execvp(command[0], command)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from error
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from error
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     from common.config import DATA_DIR_ENV
     from common.partition import PARTITION_MODES
+    from simulations.arguments import LOG_LEVELS, positive_float, positive_int
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, help="dataset configuration name (configs/NAME.toml) or path")
@@ -115,16 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument(
         "--window",
-        type=_positive_int,
+        type=positive_int,
         help="flows per window (default: the configuration's training.window)",
     )
-    parser.add_argument("--local-epochs", type=_positive_int, default=2, help="local epochs per round (default: 2)")
-    parser.add_argument("--epochs", type=_positive_int, help="epoch limit of the centralized and local-only models")
+    parser.add_argument("--local-epochs", type=positive_int, default=2, help="local epochs per round (default: 2)")
+    parser.add_argument("--epochs", type=positive_int, help="epoch limit of the centralized and local-only models")
     parser.add_argument(
-        "--min-sites", type=_positive_int, help="minimum sites per round (default: 2, or 1 for a single site)"
+        "--min-sites", type=positive_int, help="minimum sites per round (default: 2, or 1 for a single site)"
     )
     parser.add_argument(
-        "--round-timeout", type=_positive_float, default=600.0, help="seconds to wait for replies per round"
+        "--round-timeout", type=positive_float, default=600.0, help="seconds to wait for replies per round"
     )
     parser.add_argument(
         "--site-file",
@@ -133,14 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="INDEX=PATH",
         help="use PATH as site INDEX's data instead of its share of the dataset (repeatable)",
     )
-    parser.add_argument("--max-rows", type=_positive_int, help="use only the first N rows of the dataset")
+    parser.add_argument("--max-rows", type=positive_int, help="use only the first N rows of the dataset")
     parser.add_argument("--no-baselines", action="store_true", help="skip the centralized and local-only models")
     parser.add_argument("--seed", type=int, help="seed of the partition and the models (default: configured)")
     parser.add_argument(
         "--log-level",
         default="INFO",
         type=str.upper,
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        choices=LOG_LEVELS,
         help="logging level (default: INFO)",
     )
     return parser

@@ -483,7 +483,7 @@ def test_main_single_class_training_runs(
 
     assert any("single class" in line for line in warnings_of(caplog, "common.resampling"))
     assert any(
-        "skipped random_forest because the training data holds a single class" in line
+        "skipped random_forest because the training data contains a single class" in line
         for line in warnings_of(caplog, "simulations.baselines")
     )
     assert metrics["per_fold"][0]["resampling"]["method"] == "none"

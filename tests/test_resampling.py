@@ -123,7 +123,7 @@ def test_resample_training_single_class_unchanged(caplog: pytest.LogCaptureFixtu
     assert report.method == "none"
     assert report.counts_before == {1: 15}
     assert report.counts_after == {1: 15}
-    assert "skipped SMOTE for site-c because it holds a single class (1, 15 samples)" in caplog.text
+    assert "skipped SMOTE for site-c because it contains a single class (1, 15 samples)" in caplog.text
 
 
 def test_resample_training_balanced_unchanged() -> None:
