@@ -1,0 +1,47 @@
+"""Command line of the site console: ``python -m client.console serve|create-admin|create-user``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from flask import Flask
+
+from common.web import cli
+from common.web.settings import WebSettings
+
+DEFAULT_PORT = 8080
+
+
+def _add_console_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, required=True, help="the site's signed model bundle")
+    parser.add_argument(
+        "--public-key", type=Path, default=None,
+        help="PEM file of the coordinator's signing key (default: the key configured for this site)",
+    )
+
+
+def _build_app(settings: WebSettings, arguments: argparse.Namespace) -> Flask:
+    from client.console.app import create_console_app
+    from client.console.detection import load_detector
+
+    return create_console_app(settings, load_detector(arguments.model, arguments.public_key))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the site console's command line and return the exit code."""
+    parser = cli.build_parser(
+        "python -m client.console",
+        "Site console: upload traffic, see the alerts of the site's model, keep the results on this machine.",
+        env_prefix="FEDIDS_CONSOLE_",
+        default_instance_dir="runs/site-console",
+        default_port=DEFAULT_PORT,
+        add_app_arguments=_add_console_arguments,
+    )
+    return cli.main(argv, parser=parser, name="site-console", build_app=_build_app)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""Command line shared by the site console and the coordinator dashboard.
+
+Subcommands: ``serve`` runs the web app with waitress, ``create-admin`` adds
+the first administrator (or another one), ``create-user`` adds any user. The
+password comes from ``--password-stdin``, the environment variable
+:data:`PASSWORD_ENV` or an interactive prompt, never from the command line,
+where other users of the machine could read it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import getpass
+import ipaddress
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+
+from flask import Flask
+
+from common.exceptions import FedIDSError
+from common.web.accounts import AccountStore
+from common.web.database import ROLE_ADMINISTRATOR, ROLE_ANALYST, ROLES, open_database
+from common.web.settings import MEBIBYTE, WebSettings
+
+logger = logging.getLogger(__name__)
+
+#: Environment variable read by create-admin and create-user when --password-stdin is not given.
+PASSWORD_ENV = "FEDIDS_WEB_PASSWORD"
+
+WAITRESS_THREADS = 4
+
+
+def build_parser(
+    prog: str,
+    description: str,
+    *,
+    env_prefix: str,
+    default_instance_dir: str,
+    default_port: int,
+    add_app_arguments: Callable[[argparse.ArgumentParser], None],
+) -> argparse.ArgumentParser:
+    """Return the parser with the subcommands serve, create-admin and create-user.
+
+    Parameters
+    ----------
+    prog, description : str
+        Program name and help text.
+    env_prefix : str
+        Prefix of the environment variables that give defaults, for example
+        ``FEDIDS_CONSOLE_`` for ``FEDIDS_CONSOLE_DATABASE_URL``.
+    default_instance_dir : str
+        Instance folder when neither ``--instance-dir`` nor the environment sets one.
+    default_port : int
+        Port of ``serve`` when ``--port`` is not given.
+    add_app_arguments : callable
+        Adds the app's own options to the ``serve`` subcommand.
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--instance-dir",
+        type=Path,
+        default=Path(os.environ.get(f"{env_prefix}INSTANCE_DIR", default_instance_dir)),
+        help=f"folder for the database, the secret key and stored results (default: {default_instance_dir}, "
+        f"or ${env_prefix}INSTANCE_DIR)",
+    )
+    common.add_argument(
+        "--database-url",
+        default=os.environ.get(f"{env_prefix}DATABASE_URL", ""),
+        help=f"SQLAlchemy database URL (default: SQLite file web.db in the instance folder, or "
+        f"${env_prefix}DATABASE_URL)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", parents=[common], help="serve the web pages")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument(
+        "--port", type=int, default=default_port, help=f"port; 0 picks a free one (default: {default_port})"
+    )
+    serve.add_argument("--max-upload-mb", type=float, default=64.0, help="largest upload in MiB (default: 64)")
+    serve.add_argument(
+        "--max-uncompressed-mb", type=float, default=512.0,
+        help="largest size of a gzip upload once decompressed, in MiB (default: 512)",
+    )
+    serve.add_argument("--session-hours", type=float, default=8.0, help="login session lifetime in hours (default: 8)")
+    serve.add_argument(
+        "--login-max-failures", type=int, default=5,
+        help="failed sign-ins per user name before a lock-out (default: 5)",
+    )
+    serve.add_argument(
+        "--login-max-failures-per-address", type=int, default=20,
+        help="failed sign-ins per client address before a lock-out (default: 20)",
+    )
+    serve.add_argument(
+        "--login-window-minutes", type=float, default=15.0,
+        help="period over which failed sign-ins are counted, in minutes (default: 15)",
+    )
+    serve.add_argument(
+        "--secure-cookies", action="store_true",
+        help="send the session cookie over HTTPS only; set it behind a TLS proxy",
+    )
+    add_app_arguments(serve)
+
+    for name, role_help in (
+        ("create-admin", "add an administrator; use it to create the first account"),
+        ("create-user", "add a user with a role"),
+    ):
+        command = commands.add_parser(name, parents=[common], help=role_help)
+        command.add_argument("--username", required=True, help="user name: lower-case letters, digits, '.', '_', '-'")
+        if name == "create-user":
+            command.add_argument("--role", choices=ROLES, default=ROLE_ANALYST, help="role (default: analyst)")
+        command.add_argument(
+            "--password-stdin", action="store_true",
+            help=f"read the password from the first line of standard input instead of ${PASSWORD_ENV} or a prompt",
+        )
+    return parser
+
+
+def settings_from_arguments(arguments: argparse.Namespace) -> WebSettings:
+    """Build validated settings from the parsed options; account commands use the defaults for the rest."""
+    if arguments.command != "serve":
+        return WebSettings(instance_dir=arguments.instance_dir, database_url=arguments.database_url)
+    return WebSettings(
+        instance_dir=arguments.instance_dir,
+        database_url=arguments.database_url,
+        host=arguments.host,
+        port=arguments.port,
+        max_upload_bytes=int(arguments.max_upload_mb * MEBIBYTE),
+        max_uncompressed_bytes=int(arguments.max_uncompressed_mb * MEBIBYTE),
+        session_hours=arguments.session_hours,
+        login_max_failures=arguments.login_max_failures,
+        login_max_failures_per_address=arguments.login_max_failures_per_address,
+        login_window_minutes=arguments.login_window_minutes,
+        secure_cookies=arguments.secure_cookies,
+    )
+
+
+def read_password(from_stdin: bool) -> str:
+    """Read a new password from standard input, the environment or a prompt (asked twice).
+
+    Raises
+    ------
+    FedIDSError
+        If no password source is available or the two prompts differ.
+    """
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    from_env = os.environ.get(PASSWORD_ENV)
+    if from_env:
+        return from_env
+    if not sys.stdin.isatty():
+        raise FedIDSError(f"no password given: pass --password-stdin or set {PASSWORD_ENV}, or run in a terminal")
+    first = getpass.getpass("Password: ")
+    second = getpass.getpass("Repeat the password: ")
+    if first != second:
+        raise FedIDSError("the two passwords differ; run the command again")
+    return first
+
+
+def create_account(settings: WebSettings, username: str, role: str, password: str) -> str:
+    """Add a user to the database of ``settings`` and return a one-line confirmation."""
+    settings.instance_dir.mkdir(parents=True, exist_ok=True)
+    store = AccountStore(
+        open_database(settings.resolved_database_url),
+        session_lifetime=dt.timedelta(hours=settings.session_hours),
+        max_failures=settings.login_max_failures,
+        max_failures_per_address=settings.login_max_failures_per_address,
+        window=dt.timedelta(minutes=settings.login_window_minutes),
+        hasher=settings.password_hasher(),
+    )
+    user = store.create_user(username, password, role)
+    return f"created {user.role} {user.username!r} in {settings.resolved_database_url}"
+
+
+def serve(app: Flask, settings: WebSettings, name: str) -> None:
+    """Serve ``app`` with waitress until SIGINT or SIGTERM.
+
+    Prints ``<name>: serving on http://HOST:PORT`` once the socket listens,
+    with the port the system chose when ``settings.port`` is 0.
+    """
+    from waitress.server import create_server
+
+    if not _is_loopback(settings.host):
+        logger.warning(
+            "serve: listening on %s, which other machines can reach; put a TLS proxy in front and pass "
+            "--secure-cookies",
+            settings.host,
+        )
+    server = create_server(
+        app,
+        host=settings.host,
+        port=settings.port,
+        threads=WAITRESS_THREADS,
+        # Waitress buffers the whole body before the app sees it; a little
+        # more than the app's limit lets the app answer 413 with its own page.
+        max_request_body_size=settings.max_upload_bytes + MEBIBYTE,
+        ident="fedids",
+    )
+    port = getattr(server, "effective_port", settings.port)
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        logger.info("serve: stopping %s", name)
+        server.close()
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    print(f"{name}: serving on http://{settings.host}:{port}", flush=True)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        logger.info("serve: stopping %s", name)
+    finally:
+        server.close()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def main(
+    argv: Sequence[str] | None,
+    *,
+    parser: argparse.ArgumentParser,
+    name: str,
+    build_app: Callable[[WebSettings, argparse.Namespace], Flask],
+) -> int:
+    """Run one subcommand; a bad option or input prints one line to stderr and returns 2.
+
+    Parameters
+    ----------
+    argv : sequence of str or None
+        Arguments without the program name; ``None`` reads ``sys.argv``.
+    parser : argparse.ArgumentParser
+        From :func:`build_parser`.
+    name : str
+        Name printed in messages, for example ``site-console``.
+    build_app : callable
+        Builds the app for ``serve`` from the settings and the parsed options.
+    """
+    arguments = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = settings_from_arguments(arguments)
+        if arguments.command == "serve":
+            app = build_app(settings, arguments)
+            serve(app, settings, name)
+            return 0
+        role = ROLE_ADMINISTRATOR if arguments.command == "create-admin" else arguments.role
+        password = read_password(arguments.password_stdin)
+        print(create_account(settings, arguments.username, role, password))
+        return 0
+    except (FedIDSError, OSError) as error:
+        print(f"{name}: error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,524 @@
+"""Routes of the site console, through Flask's test client."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from client.console.app import create_console_app
+from client.console.detection import Detector
+from common.web.app import web_state
+from common.web.settings import MEBIBYTE, WebSettings
+from tests.detect_stand_in import STAND_IN_VERSION, StandInBundle, stand_in_module
+from tests.web_support import (
+    ADMIN,
+    ANALYST,
+    add_users,
+    csrf_token,
+    page_token,
+    sign_in,
+    table_rows,
+    write_flow_csv,
+)
+
+# Attacks at rows 10-14 and 25-27 of a 60-row file: two alert episodes.
+LABELS = [0] * 10 + [1] * 5 + [0] * 10 + [1] * 3 + [0] * 32
+EXPECTED_EPISODES = [(10, 14, 5), (25, 27, 3)]
+
+
+@pytest.fixture
+def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
+    monkeypatch.setitem(sys.modules, "client.detect", stand_in_module())
+    settings = WebSettings(
+        instance_dir=tmp_path / "console",
+        max_upload_bytes=1 * MEBIBYTE,
+        max_uncompressed_bytes=2 * MEBIBYTE,
+        login_max_failures=3,
+        # Cheap hashes keep the tests fast; the default cost is tested in test_web_accounts.
+        password_time_cost=1,
+        password_memory_kib=1024,
+        password_parallelism=1,
+    )
+    console = create_console_app(settings, Detector(StandInBundle()))
+    add_users(console)
+    yield console
+
+
+@pytest.fixture
+def admin(app: Flask) -> FlaskClient:
+    client = app.test_client()
+    sign_in(client, *ADMIN)
+    return client
+
+
+@pytest.fixture
+def analyst(app: Flask) -> FlaskClient:
+    client = app.test_client()
+    sign_in(client, *ANALYST)
+    return client
+
+
+def _upload(client: FlaskClient, content: bytes, name: str = "traffic.csv", token: str | None = None):
+    token = page_token(client, "/upload") if token is None else token
+    return client.post(
+        "/upload",
+        data={"csrf_token": token, "traffic": (io.BytesIO(content), name)},
+        content_type="multipart/form-data",
+    )
+
+
+def _traffic(tmp_path: Path, labels: list[int] = LABELS) -> bytes:
+    return write_flow_csv(tmp_path / "traffic.csv", labels).read_bytes()
+
+
+def _audit_actions(app: Flask) -> list[str]:
+    return [event.action for event in web_state(app).audit.page(1, per_page=500).events]
+
+
+# Sign-in -------------------------------------------------------------------
+
+
+def test_pages_redirect_to_login_when_signed_out(app: Flask) -> None:
+    client = app.test_client()
+
+    for path in ("/", "/upload", "/analyses", "/admin/audit", "/admin/users", "/analyses/0123456789abcdef"):
+        response = client.get(path)
+        assert response.status_code in (302, 303), path
+        assert response.headers["Location"].startswith("/login"), path
+
+
+def test_login_page_renders_form_with_csrf(app: Flask) -> None:
+    response = app.test_client().get("/login")
+
+    html = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert 'name="csrf_token"' in html
+    assert 'type="password"' in html
+
+
+def test_login_sets_hardened_cookie(app: Flask) -> None:
+    client = app.test_client()
+    token = csrf_token(client.get("/login").get_data(as_text=True))
+
+    response = client.post("/login", data={"username": ADMIN[0], "password": ADMIN[1], "csrf_token": token})
+
+    cookie = response.headers["Set-Cookie"]
+    assert response.status_code == 303
+    assert response.headers["Location"] == "/upload"
+    assert cookie.startswith("fedids_console_session=")
+    assert "HttpOnly" in cookie
+    assert "SameSite=Strict" in cookie
+    assert client.get("/upload").status_code == 200
+    assert "sign-in" in _audit_actions(app)
+
+
+def test_login_wrong_password(app: Flask) -> None:
+    client = app.test_client()
+    token = csrf_token(client.get("/login").get_data(as_text=True))
+
+    response = client.post("/login", data={"username": ADMIN[0], "password": "wrong password", "csrf_token": token})
+
+    assert response.status_code == 401
+    assert "Invalid user name or password." in response.get_data(as_text=True)
+    assert client.get("/upload").status_code == 303
+    assert _audit_actions(app) == ["sign-in-failed"]
+
+
+def test_login_lockout_after_failures(app: Flask) -> None:
+    client = app.test_client()
+    token = csrf_token(client.get("/login").get_data(as_text=True))
+    for _ in range(3):
+        client.post("/login", data={"username": ADMIN[0], "password": "wrong password", "csrf_token": token})
+
+    response = client.post("/login", data={"username": ADMIN[0], "password": ADMIN[1], "csrf_token": token})
+
+    html = response.get_data(as_text=True)
+    assert response.status_code == 429
+    assert "Too many failed sign-in attempts. Sign-in is locked for 15 more minutes" in html
+    assert _audit_actions(app)[0] == "sign-in-locked"
+    # The other account is not affected.
+    sign_in(app.test_client(), *ANALYST)
+
+
+def test_login_rejects_missing_csrf(app: Flask) -> None:
+    response = app.test_client().post("/login", data={"username": ADMIN[0], "password": ADMIN[1]})
+
+    assert response.status_code == 400
+    assert "security token is missing, invalid or expired" in response.get_data(as_text=True)
+
+
+def test_login_ignores_offsite_next(app: Flask) -> None:
+    client = app.test_client()
+    token = csrf_token(client.get("/login").get_data(as_text=True))
+
+    for target in ("//evil.example/", "https://evil.example/", "/\\evil.example"):
+        response = client.post(
+            "/login", data={"username": ADMIN[0], "password": ADMIN[1], "csrf_token": token, "next": target}
+        )
+        assert response.headers["Location"] == "/upload", target
+        client.post("/logout", data={"csrf_token": page_token(client, "/upload")})
+        token = csrf_token(client.get("/login").get_data(as_text=True))
+
+
+def test_login_follows_local_next(app: Flask) -> None:
+    client = app.test_client()
+    response = client.get("/analyses?page=2")
+    login_page = client.get(response.headers["Location"]).get_data(as_text=True)
+
+    response = client.post(
+        "/login",
+        data={
+            "username": ADMIN[0], "password": ADMIN[1], "csrf_token": csrf_token(login_page), "next": "/analyses?page=2"
+        },
+    )
+
+    assert 'name="next" value="/analyses?page=2"' in login_page
+    assert response.headers["Location"] == "/analyses?page=2"
+
+
+def test_logout_ends_session_for_copied_cookie(app: Flask, admin: FlaskClient) -> None:
+    cookie = admin.get_cookie("fedids_console_session")
+    assert cookie is not None
+    stolen = app.test_client()
+    stolen.set_cookie("fedids_console_session", cookie.value)
+    assert stolen.get("/upload").status_code == 200
+
+    response = admin.post("/logout", data={"csrf_token": page_token(admin, "/upload")})
+
+    assert response.status_code == 303
+    assert stolen.get("/upload").status_code == 303
+    assert "sign-out" in _audit_actions(app)
+
+
+def test_logout_rejects_missing_csrf(admin: FlaskClient) -> None:
+    response = admin.post("/logout")
+
+    assert response.status_code == 400
+    assert admin.get("/upload").status_code == 200
+
+
+def test_pages_send_security_headers(admin: FlaskClient) -> None:
+    response = admin.get("/upload")
+
+    policy = response.headers["Content-Security-Policy"]
+    assert "default-src 'self'" in policy
+    assert "frame-ancestors 'none'" in policy
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_pages_load_nothing_from_other_hosts(admin: FlaskClient, tmp_path: Path) -> None:
+    location = _upload(admin, _traffic(tmp_path)).headers["Location"]
+
+    for path in ("/login", "/upload", "/analyses", location, "/admin/audit", "/admin/users"):
+        html = admin.get(path).get_data(as_text=True)
+        assert "http://" not in html and "https://" not in html and 'src="//' not in html, path
+
+
+def test_static_stylesheet_served(app: Flask) -> None:
+    response = app.test_client().get("/static/web/style.css")
+
+    assert response.status_code == 200
+    assert "@media" in response.get_data(as_text=True)
+
+
+# Upload and results -----------------------------------------------------------
+
+
+def test_upload_shows_form_and_model(admin: FlaskClient) -> None:
+    html = admin.get("/upload").get_data(as_text=True)
+
+    assert 'enctype="multipart/form-data"' in html
+    assert STAND_IN_VERSION in html
+    assert "signature verified" in html
+
+
+def test_upload_analyses_file(app: Flask, admin: FlaskClient, tmp_path: Path) -> None:
+    response = _upload(admin, _traffic(tmp_path))
+
+    assert response.status_code == 303
+    location = response.headers["Location"]
+    assert location.startswith("/analyses/")
+    html = admin.get(location).get_data(as_text=True)
+    assert "Results for traffic.csv" in html
+    episodes = [(int(row[1]), int(row[2]), int(row[3])) for row in table_rows(html, "episodes")]
+    assert episodes == EXPECTED_EPISODES
+    assert [row[4:6] for row in table_rows(html, "episodes")] == [["attack", "0.900"]] * 2
+    assert '<div class="stat" id="episode-count">2</div>' in html
+    assert table_rows(html, "class-counts") == [["normal", "52", "86.7%"], ["attack", "8", "13.3%"]]
+    assert _audit_actions(app)[:2] == ["analysis", "upload"]
+
+
+def test_upload_audit_records_hash_and_model(app: Flask, admin: FlaskClient, tmp_path: Path) -> None:
+    import hashlib
+
+    content = _traffic(tmp_path)
+    _upload(admin, content)
+
+    events = web_state(app).audit.page(1).events
+    analysis = next(event for event in events if event.action == "analysis")
+    assert analysis.username == ADMIN[0]
+    assert analysis.file_sha256 == hashlib.sha256(content).hexdigest()
+    assert analysis.model_version == STAND_IN_VERSION
+    assert analysis.file_name == "traffic.csv"
+
+
+def test_upload_deletes_uploaded_traffic(app: Flask, admin: FlaskClient, tmp_path: Path) -> None:
+    location = _upload(admin, _traffic(tmp_path)).headers["Location"]
+
+    folder = web_state(app).settings.instance_dir / "analyses" / location.rsplit("/", 1)[1]
+    assert sorted(path.name for path in folder.iterdir()) == ["predictions.csv", "result.json", "timeline.svg"]
+
+
+def test_upload_gzip_file(admin: FlaskClient, tmp_path: Path) -> None:
+    response = _upload(admin, gzip.compress(_traffic(tmp_path)), name="traffic.csv.gz")
+
+    assert response.status_code == 303
+    assert '<div class="stat" id="episode-count">2</div>' in admin.get(response.headers["Location"]).get_data(
+        as_text=True
+    )
+
+
+def test_results_attack_filter_and_paging(admin: FlaskClient, tmp_path: Path) -> None:
+    location = _upload(admin, _traffic(tmp_path)).headers["Location"]
+
+    attacks = admin.get(f"{location}?attacks=1").get_data(as_text=True)
+    page_two = admin.get(f"{location}?page=2").get_data(as_text=True)
+
+    assert "8 flows" in attacks
+    assert [row[:2] for row in table_rows(attacks, "flows-table")] == [
+        [str(row), "attack"] for row in (10, 11, 12, 13, 14, 25, 26, 27)
+    ]
+    assert "Page 2 of 2" in page_two
+    assert [row[0] for row in table_rows(page_two, "flows-table")] == [str(row) for row in range(50, 60)]
+
+
+def test_results_download_predictions(app: Flask, admin: FlaskClient, tmp_path: Path) -> None:
+    location = _upload(admin, _traffic(tmp_path)).headers["Location"]
+
+    response = admin.get(f"{location}/predictions.csv")
+
+    predictions = pd.read_csv(io.BytesIO(response.data))
+    assert response.status_code == 200
+    assert response.headers["Content-Disposition"] == "attachment; filename=predictions-traffic.csv"
+    assert list(predictions.columns[:4]) == ["row", "predicted", "probability", "attack_probability"]
+    assert len(predictions) == len(LABELS)
+    assert predictions.loc[predictions["predicted"] == "attack", "row"].tolist() == [10, 11, 12, 13, 14, 25, 26, 27]
+    assert _audit_actions(app)[0] == "download"
+
+
+def test_results_timeline_svg(admin: FlaskClient, tmp_path: Path) -> None:
+    location = _upload(admin, _traffic(tmp_path)).headers["Location"]
+
+    response = admin.get(f"{location}/timeline.svg")
+
+    assert response.status_code == 200
+    assert response.mimetype == "image/svg+xml"
+    assert response.get_data(as_text=True).lstrip().startswith("<?xml")
+    assert "alert: attack" in response.get_data(as_text=True)
+
+
+def test_results_without_attacks(admin: FlaskClient, tmp_path: Path) -> None:
+    location = _upload(admin, _traffic(tmp_path, [0] * 20)).headers["Location"]
+
+    html = admin.get(location).get_data(as_text=True)
+
+    assert "No flow was predicted as an attack." in html
+
+
+def test_results_unknown_or_malformed_id(admin: FlaskClient) -> None:
+    for path in ("/analyses/0123456789abcdef", "/analyses/..%2F..%2Fsecret_key", "/analyses/nothex/predictions.csv"):
+        response = admin.get(path)
+        assert response.status_code == 404, path
+
+
+def test_history_lists_analyses(admin: FlaskClient, tmp_path: Path) -> None:
+    _upload(admin, _traffic(tmp_path), name="first.csv")
+    _upload(admin, b"\x00\x01garbage", name="second.csv")
+
+    html = admin.get("/analyses").get_data(as_text=True)
+
+    assert "2 analyses" in html
+    assert html.index("second.csv") < html.index("first.csv")
+    assert '<span class="tag failed">failed</span>' in html
+    assert '<span class="tag ok">ok</span>' in html
+
+
+# Hostile and oversized uploads -----------------------------------------------------
+
+
+def test_upload_rejects_missing_csrf(admin: FlaskClient, tmp_path: Path) -> None:
+    response = admin.post(
+        "/upload", data={"traffic": (io.BytesIO(_traffic(tmp_path)), "t.csv")}, content_type="multipart/form-data"
+    )
+
+    assert response.status_code == 400
+    assert "security token" in response.get_data(as_text=True)
+
+
+def test_upload_rejects_token_of_other_session(app: Flask, admin: FlaskClient, tmp_path: Path) -> None:
+    other = app.test_client()
+    sign_in(other, *ANALYST)
+    foreign_token = page_token(other, "/upload")
+
+    response = _upload(admin, _traffic(tmp_path), token=foreign_token)
+
+    assert response.status_code == 400
+
+
+def test_upload_without_file(admin: FlaskClient) -> None:
+    response = admin.post("/upload", data={"csrf_token": page_token(admin, "/upload")})
+
+    assert response.status_code == 400
+    assert "Choose a traffic file" in response.get_data(as_text=True)
+
+
+def test_upload_oversize_file(admin: FlaskClient) -> None:
+    response = _upload(admin, b"a," * MEBIBYTE)
+
+    assert response.status_code == 413
+    assert "larger than this console&#39;s limit of 1 MiB" in response.get_data(as_text=True)
+
+
+HOSTILE_FILES = {
+    "binary": (b"\x00\xff\xfe\x00" * 100, "is not UTF-8 text"),
+    "empty": (b"", "is empty: it has no header row"),
+    "header-only": (b"Dir,Flgs,Label\n", "has a header but no data rows"),
+    "wrong-columns": (b"a,b,c\n1,2,3\n", "missing required column"),
+    "ragged": (b"a,b\n1,2,3,4\n", "is not a valid CSV file"),
+    "corrupt-gzip": (b"\x1f\x8b\x08\x00garbage-that-is-not-deflate", "cannot be decompressed"),
+    "gzip-bomb": (gzip.compress(b"0" * (3 * MEBIBYTE)), "decompresses to more than 2 MiB"),
+}
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE_FILES), ids=list(HOSTILE_FILES))
+def test_upload_hostile_file_gets_error_page(app: Flask, admin: FlaskClient, kind: str) -> None:
+    content, message = HOSTILE_FILES[kind]
+
+    response = _upload(admin, content, name=f"{kind}.csv")
+
+    html = response.get_data(as_text=True)
+    assert response.status_code == 422
+    assert f"{kind}.csv was not analysed:" in html
+    assert message in html
+    assert "Traceback" not in html
+    # The page names the file as uploaded, never its path on the server.
+    assert str(web_state(app).settings.instance_dir) not in html
+    assert _audit_actions(app)[0] in ("analysis-failed", "upload-rejected")
+
+
+def test_upload_label_values_unknown(admin: FlaskClient, tmp_path: Path) -> None:
+    content = _traffic(tmp_path).replace(b",Spoofing,1\n", b",Spoofing,7\n", 1)
+
+    response = _upload(admin, content)
+
+    assert response.status_code == 422
+    assert "has values that task &#39;binary&#39; does not know: &#39;7&#39; (1 row)" in response.get_data(as_text=True)
+
+
+def test_upload_hostile_file_name_is_escaped(admin: FlaskClient, tmp_path: Path) -> None:
+    response = _upload(admin, _traffic(tmp_path), name="<img src=x onerror=alert(1)>.csv")
+
+    html = admin.get(response.headers["Location"]).get_data(as_text=True)
+    assert "<img src=x" not in html
+    assert "Results for &lt;img src=x onerror=alert(1)&gt;.csv" in html
+
+
+def test_upload_file_name_loses_folders(app: Flask, admin: FlaskClient, tmp_path: Path) -> None:
+    _upload(admin, _traffic(tmp_path), name="..\\..\\../../etc/traffic.csv")
+
+    events = web_state(app).audit.page(1).events
+    assert {event.file_name for event in events if event.action == "analysis"} == {"traffic.csv"}
+
+
+# Roles -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/admin/audit", "/admin/users"])
+def test_analyst_cannot_open_admin_pages(analyst: FlaskClient, path: str) -> None:
+    response = analyst.get(path)
+
+    assert response.status_code == 403
+    assert "role does not allow this page" in response.get_data(as_text=True)
+
+
+def test_analyst_cannot_create_or_disable_users(analyst: FlaskClient) -> None:
+    token = page_token(analyst, "/upload")
+
+    created = analyst.post(
+        "/admin/users", data={"csrf_token": token, "username": "eve", "password": "x" * 20, "role": "administrator"}
+    )
+    disabled = analyst.post("/admin/users/alice/active", data={"csrf_token": token, "active": "0"})
+
+    assert created.status_code == 403
+    assert disabled.status_code == 403
+
+
+def test_admin_sees_audit_log(admin: FlaskClient, tmp_path: Path) -> None:
+    _upload(admin, _traffic(tmp_path))
+
+    html = admin.get("/admin/audit").get_data(as_text=True)
+
+    assert "sign-in" in html and "upload" in html and "analysis" in html
+    assert STAND_IN_VERSION in html
+
+
+def test_admin_creates_and_disables_user(app: Flask, admin: FlaskClient) -> None:
+    token = page_token(admin, "/admin/users")
+    created = admin.post(
+        "/admin/users",
+        data={"csrf_token": token, "username": "carol", "password": "carol's long password", "role": "analyst"},
+    )
+    carol = app.test_client()
+    sign_in(carol, "carol", "carol's long password")
+
+    disabled = admin.post("/admin/users/carol/active", data={"csrf_token": token, "active": "0"})
+
+    assert created.status_code == 303
+    assert disabled.status_code == 303
+    assert carol.get("/upload").status_code == 303
+    assert _audit_actions(app)[0] == "user-disabled"
+
+
+def test_admin_create_user_invalid_password(admin: FlaskClient) -> None:
+    token = page_token(admin, "/admin/users")
+
+    response = admin.post(
+        "/admin/users", data={"csrf_token": token, "username": "carol", "password": "short", "role": "analyst"}
+    )
+
+    assert response.status_code == 422
+    assert "password too short" in response.get_data(as_text=True)
+
+
+def test_admin_cannot_disable_self(admin: FlaskClient) -> None:
+    token = page_token(admin, "/admin/users")
+
+    response = admin.post("/admin/users/alice/active", data={"csrf_token": token, "active": "0"}, follow_redirects=True)
+
+    assert "You cannot disable your own account." in response.get_data(as_text=True)
+    assert admin.get("/upload").status_code == 200
+
+
+def test_admin_disable_unknown_user(admin: FlaskClient) -> None:
+    token = page_token(admin, "/admin/users")
+
+    response = admin.post("/admin/users/nobody/active", data={"csrf_token": token, "active": "0"})
+
+    assert response.status_code == 404
+    assert "user &#39;nobody&#39; does not exist" in response.get_data(as_text=True)
+
+
+def test_unknown_url_is_404_page(admin: FlaskClient) -> None:
+    response = admin.get("/no/such/page")
+
+    assert response.status_code == 404
+    assert "There is no such page or record." in response.get_data(as_text=True)

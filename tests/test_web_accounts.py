@@ -1,0 +1,275 @@
+"""Accounts, rate-limited sign-in, login sessions, settings and the account commands."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from argon2 import PasswordHasher
+from sqlalchemy import select
+
+from common.exceptions import ConfigError
+from common.web.accounts import AccountError, AccountStore
+from common.web.audit import AuditLog
+from common.web.database import User, open_database
+from common.web.settings import SECRET_KEY_ENV, WebSettings
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+START = dt.datetime(2026, 1, 1, 12, 0, 0)
+WINDOW = dt.timedelta(minutes=15)
+# Cheap parameters keep the many hashes of these tests fast; the apps use argon2-cffi's defaults.
+FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> AccountStore:
+    return AccountStore(
+        open_database(f"sqlite:///{tmp_path / 'web.db'}"),
+        session_lifetime=dt.timedelta(hours=1),
+        max_failures=3,
+        max_failures_per_address=5,
+        window=WINDOW,
+        hasher=FAST_HASHER,
+    )
+
+
+def test_create_user_stores_argon2_hash(store: AccountStore, tmp_path: Path) -> None:
+    store.create_user("Alice", "correct horse battery", "administrator")
+
+    sessions = open_database(f"sqlite:///{tmp_path / 'web.db'}")
+    with sessions() as db:
+        user = db.scalar(select(User))
+    assert user is not None
+    assert user.username == "alice"
+    assert user.password_hash.startswith("$argon2id$")
+    assert "correct horse battery" not in user.password_hash
+    assert store.count_administrators() == 1
+
+
+@pytest.mark.parametrize(
+    ("username", "password", "role", "message"),
+    [
+        ("carol", "short", "analyst", "password too short: use at least 12"),
+        ("carol", "carol", "analyst", "password too short"),
+        ("carol-long-name", "carol-long-name", "analyst", "must differ from the user name"),
+        ("Bad Name!", "correct horse battery", "analyst", "invalid user name 'Bad Name!'"),
+        ("", "correct horse battery", "analyst", "invalid user name"),
+        ("carol", "correct horse battery", "root", "unknown role 'root'"),
+    ],
+    ids=["short", "very-short", "equals-name", "bad-name", "empty-name", "bad-role"],
+)
+def test_create_user_invalid_input(store: AccountStore, username: str, password: str, role: str, message: str) -> None:
+    with pytest.raises(AccountError, match=message):
+        store.create_user(username, password, role)
+
+
+def test_create_user_duplicate(store: AccountStore) -> None:
+    store.create_user("alice", "correct horse battery", "analyst")
+
+    with pytest.raises(AccountError, match="user 'alice' already exists"):
+        store.create_user("ALICE", "another long password", "analyst")
+
+
+def test_sign_in_success_and_session(store: AccountStore) -> None:
+    store.create_user("alice", "correct horse battery", "analyst")
+
+    result = store.sign_in(" Alice ", "correct horse battery", "127.0.0.1", now=START)
+
+    assert result.user is not None and result.user.username == "alice"
+    assert len(result.token) >= 32
+    assert store.user_for_token(result.token, now=START + dt.timedelta(minutes=59)) is not None
+    assert store.user_for_token(result.token, now=START + dt.timedelta(hours=1)) is None
+    assert store.user_for_token("not-a-token", now=START) is None
+
+
+def test_sign_in_wrong_password_and_unknown_user(store: AccountStore) -> None:
+    store.create_user("alice", "correct horse battery", "analyst")
+
+    wrong = store.sign_in("alice", "wrong password!", "127.0.0.1", now=START)
+    unknown = store.sign_in("mallory", "correct horse battery", "127.0.0.1", now=START)
+
+    assert wrong.user is None and not wrong.locked and wrong.token == ""
+    assert unknown.user is None and not unknown.locked
+
+
+def test_sign_in_locks_user_after_max_failures(store: AccountStore) -> None:
+    store.create_user("alice", "correct horse battery", "analyst")
+    for minute in range(3):
+        store.sign_in("alice", "wrong", "10.0.0.1", now=START + dt.timedelta(minutes=minute))
+
+    # The right password from another address is refused while the name is locked.
+    locked = store.sign_in("alice", "correct horse battery", "10.0.0.2", now=START + dt.timedelta(minutes=3))
+
+    assert locked.user is None
+    assert locked.locked
+    # The oldest counted failure (minute 0) leaves the window at minute 15.
+    assert locked.locked_seconds == pytest.approx(12 * 60)
+
+
+def test_sign_in_lock_ends_after_window(store: AccountStore) -> None:
+    store.create_user("alice", "correct horse battery", "analyst")
+    for minute in range(3):
+        store.sign_in("alice", "wrong", "10.0.0.1", now=START + dt.timedelta(minutes=minute))
+
+    later = store.sign_in("alice", "correct horse battery", "10.0.0.1", now=START + dt.timedelta(minutes=15, seconds=1))
+
+    assert later.user is not None
+
+
+def test_sign_in_success_resets_user_count(store: AccountStore) -> None:
+    store.create_user("alice", "correct horse battery", "analyst")
+    store.sign_in("alice", "wrong", "10.0.0.1", now=START)
+    store.sign_in("alice", "wrong", "10.0.0.1", now=START + dt.timedelta(seconds=1))
+    store.sign_in("alice", "correct horse battery", "10.0.0.1", now=START + dt.timedelta(seconds=2))
+    store.sign_in("alice", "wrong", "10.0.0.1", now=START + dt.timedelta(seconds=3))
+    store.sign_in("alice", "wrong", "10.0.0.1", now=START + dt.timedelta(seconds=4))
+
+    result = store.sign_in("alice", "correct horse battery", "10.0.0.1", now=START + dt.timedelta(seconds=5))
+
+    assert result.user is not None
+
+
+def test_sign_in_locks_address_across_names(store: AccountStore) -> None:
+    store.create_user("alice", "correct horse battery", "analyst")
+    store.create_user("mallory", "mallory's own password", "analyst")
+    # Five names, one guess each: no name reaches its limit, but the address does,
+    # and signing in to an own account in between does not reset it.
+    for index, name in enumerate(["bob", "carol", "dave", "erin"]):
+        store.sign_in(name, "guess", "10.0.0.9", now=START + dt.timedelta(seconds=index))
+    store.sign_in("mallory", "mallory's own password", "10.0.0.9", now=START + dt.timedelta(seconds=5))
+    store.sign_in("frank", "guess", "10.0.0.9", now=START + dt.timedelta(seconds=6))
+
+    result = store.sign_in("alice", "correct horse battery", "10.0.0.9", now=START + dt.timedelta(seconds=7))
+    other_address = store.sign_in("alice", "correct horse battery", "10.0.0.10", now=START + dt.timedelta(seconds=7))
+
+    assert result.locked
+    assert other_address.user is not None
+
+
+def test_disabled_user_cannot_sign_in_and_loses_sessions(store: AccountStore) -> None:
+    store.create_user("alice", "correct horse battery", "analyst")
+    token = store.sign_in("alice", "correct horse battery", "127.0.0.1", now=START).token
+
+    store.set_active("alice", False)
+
+    assert store.user_for_token(token, now=START) is None
+    assert store.sign_in("alice", "correct horse battery", "127.0.0.1", now=START).user is None
+    with pytest.raises(AccountError, match="user 'nobody' does not exist"):
+        store.set_active("nobody", False)
+
+
+def test_end_session_revokes_token(store: AccountStore) -> None:
+    store.create_user("alice", "correct horse battery", "analyst")
+    token = store.sign_in("alice", "correct horse battery", "127.0.0.1", now=START).token
+
+    store.end_session(token)
+
+    assert store.user_for_token(token, now=START) is None
+
+
+def test_audit_log_pages_newest_first(tmp_path: Path) -> None:
+    audit = AuditLog(open_database(f"sqlite:///{tmp_path / 'web.db'}"))
+    for index in range(5):
+        audit.record("upload", username="alice", file_sha256=f"{index:064x}")
+
+    first = audit.page(1, per_page=2)
+    last = audit.page(99, per_page=2)
+
+    assert (first.total, first.pages, first.page) == (5, 3, 1)
+    assert [event.file_sha256[-1] for event in first.events] == ["4", "3"]
+    assert last.page == 3 and len(last.events) == 1
+    with pytest.raises(ValueError, match="unknown audit action 'delete-everything'"):
+        audit.record("delete-everything")
+
+
+def test_secret_key_file_created_private_and_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(SECRET_KEY_ENV, raising=False)
+    settings = WebSettings(instance_dir=tmp_path / "instance")
+
+    first = settings.secret_key()
+    second = settings.secret_key()
+
+    mode = stat.S_IMODE(os.stat(tmp_path / "instance" / "secret_key").st_mode)
+    assert first == second
+    assert len(first) == 64
+    assert mode == 0o600
+
+
+def test_secret_key_from_environment_too_short(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(SECRET_KEY_ENV, "short")
+
+    with pytest.raises(ConfigError, match=f"{SECRET_KEY_ENV} must have at least 32 characters, got 5"):
+        WebSettings(instance_dir=tmp_path).secret_key()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"port": 70000}, "port must be between 0 and 65535, got 70000"),
+        ({"login_max_failures": 0}, "login_max_failures must be positive, got 0"),
+        ({"max_upload_bytes": 10, "max_uncompressed_bytes": 5}, "max_uncompressed_bytes \\(5\\) must be at least"),
+    ],
+    ids=["port", "failures", "uncompressed"],
+)
+def test_settings_invalid_values(tmp_path: Path, options: dict[str, int], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        WebSettings(instance_dir=tmp_path, **options)  # type: ignore[arg-type]
+
+
+def test_open_database_invalid_url() -> None:
+    with pytest.raises(ConfigError, match="invalid database URL"):
+        open_database("nosuchdriver://user:secret@host/db")
+
+
+def _run_console(
+    *arguments: str, stdin: str = "", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    environment = {key: value for key, value in os.environ.items() if key != "FEDIDS_WEB_PASSWORD"}
+    environment["PYTHONPATH"] = str(REPOSITORY)
+    environment.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "client.console", *arguments],
+        input=stdin, capture_output=True, text=True, env=environment, cwd=REPOSITORY, timeout=120, check=False,
+    )
+
+
+def test_create_admin_command_reads_stdin(tmp_path: Path) -> None:
+    instance = tmp_path / "console"
+
+    created = _run_console("create-admin", "--username", "alice", "--instance-dir", str(instance), "--password-stdin",
+                           stdin="correct horse battery\n")
+    duplicate = _run_console("create-admin", "--username", "alice", "--instance-dir", str(instance),
+                             env={"FEDIDS_WEB_PASSWORD": "another long password"})
+
+    assert created.returncode == 0, created.stderr
+    assert "created administrator 'alice'" in created.stdout
+    assert duplicate.returncode == 2
+    assert duplicate.stderr.strip() == "site-console: error: user 'alice' already exists"
+    store = AccountStore(
+        open_database(f"sqlite:///{instance / 'web.db'}"), session_lifetime=dt.timedelta(hours=1),
+        max_failures=3, max_failures_per_address=5, window=WINDOW,
+    )
+    assert store.sign_in("alice", "correct horse battery", "127.0.0.1").user is not None
+
+
+def test_create_admin_command_rejects_short_password(tmp_path: Path) -> None:
+    result = _run_console("create-admin", "--username", "alice", "--instance-dir", str(tmp_path), "--password-stdin",
+                          stdin="short\n")
+
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "site-console: error: password too short: use at least 12 characters, got 5"
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_create_admin_command_without_password_source(tmp_path: Path) -> None:
+    result = _run_console("create-admin", "--username", "alice", "--instance-dir", str(tmp_path))
+
+    assert result.returncode == 2
+    assert "no password given: pass --password-stdin or set FEDIDS_WEB_PASSWORD" in result.stderr
