@@ -7,6 +7,7 @@ imported: ``create-admin`` and ``create-user`` never need them.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 from dataclasses import dataclass
@@ -81,9 +82,9 @@ def load_detector(model_path: Path, public_key: Path | None) -> Detector:
         ``BundleVerificationError`` naming the file whose signature or hash
         failed, or another subclass for a missing or malformed bundle.
     """
-    from common import bundle as bundles
-
-    bundle = bundles.load_bundle(model_path, public_key=public_key)  # type: ignore[attr-defined]
+    # TODO: import at the top once common.bundle.load_bundle is on this branch.
+    bundles = importlib.import_module("common.bundle")
+    bundle = bundles.load_bundle(model_path, public_key=public_key)
     detector = Detector(bundle)
     logger.info(
         "model: loaded %s from %s (signature %s)",

@@ -1,0 +1,288 @@
+"""Coordinator dashboard: reading run folders and its routes, through Flask's test client."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from common.exceptions import FedIDSError
+from common.web.settings import WebSettings
+from server.dashboard.app import create_dashboard_app, render_round_chart
+from server.dashboard.runs import list_runs, load_run, read_history
+from tests.web_support import ADMIN, ANALYST, add_users, page_token, sign_in, table_rows
+
+SITE_A, SITE_B, SITE_C = 111, 222, 333
+
+HISTORY = [
+    {"round": 1, "f1": 0.5, "macro_f1": 0.7, "fpr": 0.10, "roc_auc": 0.8, "loss": 0.9, "n_sites_ok": 3,
+     "failures": 0, "seconds": 4.0},
+    {"round": 2, "f1": 0.6, "macro_f1": 0.75, "fpr": 0.08, "roc_auc": 0.85, "loss": 0.7, "n_sites_ok": 2,
+     "failures": 2, "seconds": 5.5},
+    {"round": 3, "f1": None, "macro_f1": None, "fpr": None, "roc_auc": None, "loss": None, "n_sites_ok": 1,
+     "failures": 2, "seconds": 3.0},
+]
+
+
+def _round_metrics(trained: list[int], evaluated: list[int], failures: list[dict[str, Any]],
+                   timed_out: list[dict[str, Any]], note: str = "") -> dict[str, Any]:
+    return {
+        "trained": [{"node_id": node, "num_examples": 100 + node, "train_seconds": 1.5} for node in trained],
+        "evaluated": [{"node_id": node, "num_examples": 10 + node} for node in evaluated],
+        "failures": failures,
+        "timed_out": timed_out,
+        "train_note": "",
+        "evaluate_note": note,
+    }
+
+
+def write_run(root: Path, name: str, status: str = "finished", history: list[dict[str, Any]] = HISTORY) -> Path:
+    """Write a run folder the way CheckpointWriter lays it out, with literal values."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    run_info = {
+        "run_name": name,
+        "status": status,
+        "started_at": "2026-12-01T10:00:00+0000",
+        "finished_at": "2026-12-01T10:05:00+0000" if status != "running" else None,
+        "settings": {"dataset": "/repo/configs/wustl-ehms-2020.toml", "task": "binary", "num-rounds": 3},
+        "sites": [
+            {"node_id": node, "n_rows": 1000, "n_train_rows": 700, "class_counts": {"normal": 600, "attack": 100}}
+            for node in (SITE_A, SITE_B, SITE_C)
+        ],
+        "query_failures": [{"node_id": 444, "reason": "DataValidationError: site.csv: missing required column(s)"}],
+        "error": "",
+    }
+    (folder / "run.json").write_text(json.dumps(run_info), encoding="utf-8")
+    lines = [json.dumps(line) for line in history]
+    # A run still writing its history may leave a half-written last line.
+    (folder / "history.jsonl").write_text("\n".join(lines) + '\n{"round": 4, "f1"', encoding="utf-8")
+    rounds = {
+        1: _round_metrics([SITE_A, SITE_B, SITE_C], [SITE_A, SITE_B, SITE_C], [], []),
+        2: _round_metrics(
+            [SITE_A, SITE_B], [SITE_A, SITE_B],
+            [{"node_id": SITE_C, "phase": "train", "reason": "EmptyDataError: site-2.csv: no rows left after cleaning",
+              "code": 3}],
+            [{"node_id": SITE_C, "phase": "evaluate"}],
+        ),
+        3: _round_metrics([SITE_A], [SITE_A], [], [{"node_id": SITE_B, "phase": "train"}],
+                          note="1 valid replies, fewer than min-sites 2"),
+    }
+    for number, metrics in rounds.items():
+        (folder / f"round-{number:03d}").mkdir()
+        (folder / f"round-{number:03d}" / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
+def checkpoints(tmp_path: Path) -> Path:
+    root = tmp_path / "checkpoints"
+    write_run(root, "federated-old")
+    write_run(root, "federated-live", status="running", history=HISTORY[:1])
+    return root
+
+
+@pytest.fixture
+def app(tmp_path: Path, checkpoints: Path) -> Flask:
+    settings = WebSettings(
+        instance_dir=tmp_path / "dashboard", password_time_cost=1, password_memory_kib=1024, password_parallelism=1
+    )
+    dashboard = create_dashboard_app(settings, checkpoints, tmp_path / "registry")
+    add_users(dashboard)
+    return dashboard
+
+
+@pytest.fixture
+def admin(app: Flask) -> FlaskClient:
+    client = app.test_client()
+    sign_in(client, *ADMIN)
+    return client
+
+
+# Reading run folders ---------------------------------------------------------------
+
+
+def test_read_history_skips_partial_line(checkpoints: Path) -> None:
+    lines = read_history(checkpoints / "federated-old" / "history.jsonl")
+
+    assert [line["round"] for line in lines] == [1, 2, 3]
+    assert read_history(checkpoints / "missing.jsonl") == []
+
+
+def test_list_runs_running_first(checkpoints: Path) -> None:
+    (checkpoints / "not-a-run").mkdir()
+
+    runs = list_runs(checkpoints)
+
+    assert [run.name for run in runs] == ["federated-live", "federated-old"]
+    assert runs[1].completed_rounds == 3
+    assert runs[1].dataset == "wustl-ehms-2020"
+    assert runs[1].sites == 3
+    assert runs[1].last is not None and runs[1].last["round"] == 3
+    assert list_runs(checkpoints / "absent") == []
+
+
+def test_load_run_rounds_sites_and_failures(checkpoints: Path) -> None:
+    run = load_run(checkpoints, "federated-old")
+
+    assert run is not None
+    second = run.rounds[1]
+    assert [site.node_id for site in second.sites] == [SITE_A, SITE_B]
+    assert second.sites[0].train_examples == 100 + SITE_A
+    assert [(failure["node_id"], failure["phase"]) for failure in second.failures] == [
+        (SITE_C, "train"), (SITE_C, "evaluate")
+    ]
+    assert second.failures[1]["reason"] == "no reply before the round timeout"
+    assert run.rounds[2].notes == ["evaluate: 1 valid replies, fewer than min-sites 2"]
+    assert run.query_failures[0]["node_id"] == 444
+
+
+@pytest.mark.parametrize("name", ["../checkpoints", "..", ".hidden", "a/b", "missing"])
+def test_load_run_rejects_other_names(checkpoints: Path, name: str) -> None:
+    assert load_run(checkpoints, name) is None
+
+
+def test_round_chart_skips_missing_values(checkpoints: Path) -> None:
+    run = load_run(checkpoints, "federated-old")
+    assert run is not None
+
+    svg = render_round_chart(run.rounds)
+
+    assert svg.lstrip().startswith("<?xml")
+    for label in ("F1 (attack)", "false-positive rate", "loss"):
+        assert label in svg
+
+
+def test_round_chart_without_rounds() -> None:
+    assert "<svg" in render_round_chart([])
+
+
+# Routes -----------------------------------------------------------------------
+
+
+def test_dashboard_requires_sign_in(app: Flask) -> None:
+    client = app.test_client()
+
+    for path in ("/", "/runs/federated-old", "/runs/federated-old/chart.svg", "/models", "/admin/audit"):
+        response = client.get(path)
+        assert response.status_code == 303, path
+        assert response.headers["Location"].startswith("/login"), path
+
+
+def test_dashboard_cookie_differs_from_console(app: Flask) -> None:
+    client = app.test_client()
+    sign_in(client, *ADMIN)
+
+    assert client.get_cookie("fedids_dashboard_session") is not None
+    assert client.get_cookie("fedids_console_session") is None
+
+
+def test_runs_page_lists_runs(admin: FlaskClient) -> None:
+    html = admin.get("/").get_data(as_text=True)
+
+    rows = table_rows(html, "runs-table")
+    assert [row[0] for row in rows] == ["federated-live", "federated-old"]
+    assert rows[0][1] == "running"
+    assert rows[1][3:8] == ["3 of 3", "3", "–", "–", "–"]
+
+
+def test_run_page_rounds_and_failures(admin: FlaskClient) -> None:
+    html = admin.get("/runs/federated-old").get_data(as_text=True)
+
+    rounds = table_rows(html, "rounds-table")
+    assert rounds[0] == ["1", "0.5000", "0.7000", "0.1000", "0.8000", "0.9000", "3", "0", "4.0"]
+    assert rounds[2][1] == "–"
+    assert "EmptyDataError: site-2.csv: no rows left after cleaning" in html
+    assert "no reply before the round timeout" in html
+    assert "Not aggregated: evaluate: 1 valid replies, fewer than min-sites 2" in html
+    assert "DataValidationError: site.csv: missing required column(s)" in html
+    assert 'http-equiv="refresh"' not in html
+
+
+def test_run_page_of_running_run_reloads(admin: FlaskClient) -> None:
+    html = admin.get("/runs/federated-live").get_data(as_text=True)
+
+    assert '<meta http-equiv="refresh" content="30">' in html
+
+
+def test_run_chart_route(admin: FlaskClient) -> None:
+    response = admin.get("/runs/federated-old/chart.svg")
+
+    assert response.status_code == 200
+    assert response.mimetype == "image/svg+xml"
+
+
+def test_run_page_unknown_run(admin: FlaskClient) -> None:
+    assert admin.get("/runs/nothing-here").status_code == 404
+    assert admin.get("/runs/..%2F..").status_code == 404
+    assert admin.get("/runs/nothing-here/chart.svg").status_code == 404
+
+
+def _registry_module(versions: list[dict[str, Any]] | None, error: str = "") -> types.ModuleType:
+    class StandInRegistry:
+        def __init__(self, root: Path) -> None:
+            self.root = root
+
+        def list_versions(self) -> list[dict[str, Any]]:
+            if error:
+                raise FedIDSError(error)
+            return versions or []
+
+    module = types.ModuleType("server.registry")
+    module.Registry = StandInRegistry  # type: ignore[attr-defined]
+    return module
+
+
+def test_models_page_lists_versions(admin: FlaskClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    versions = [
+        {"version": "fed-1/round-003", "run_id": "fed-1", "round": 3, "created": "2026-12-01T10:05:00Z",
+         "metrics": {"f1": 0.72, "fpr": 0.047, "loss": 0.44}, "is_latest": True, "sha256": "ab" * 32},
+        {"version": "fed-1/round-002", "run_id": "fed-1", "round": 2, "created": "2026-12-01T10:04:00Z",
+         "metrics": {"f1": 0.68}, "is_latest": False, "sha256": "cd" * 32},
+    ]
+    monkeypatch.setitem(sys.modules, "server.registry", _registry_module(versions))
+
+    rows = table_rows(admin.get("/models").get_data(as_text=True), "versions-table")
+
+    assert rows[0][:7] == ["fed-1/round-003 latest", "fed-1", "3", "2026-12-01T10:05:00Z", "0.7200", "0.0470", "0.4400"]
+    assert rows[1][4:7] == ["0.6800", "–", "–"]
+
+
+def test_models_page_registry_error(admin: FlaskClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "server.registry", _registry_module(None, error="index.json is not valid JSON"))
+
+    html = admin.get("/models").get_data(as_text=True)
+
+    assert "cannot be read: index.json is not valid JSON" in html
+
+
+def test_models_page_without_registry(tmp_path: Path, checkpoints: Path) -> None:
+    settings = WebSettings(instance_dir=tmp_path / "other", password_time_cost=1, password_memory_kib=1024,
+                           password_parallelism=1)
+    dashboard = create_dashboard_app(settings, checkpoints, None)
+    add_users(dashboard)
+    client = dashboard.test_client()
+    sign_in(client, *ADMIN)
+
+    assert "No model registry is configured" in client.get("/models").get_data(as_text=True)
+
+
+def test_dashboard_analyst_role(app: Flask) -> None:
+    client = app.test_client()
+    sign_in(client, *ANALYST)
+
+    assert client.get("/").status_code == 200
+    assert client.get("/admin/audit").status_code == 403
+    assert client.post("/admin/users", data={"csrf_token": page_token(client, "/")}).status_code == 403
+
+
+def test_dashboard_admin_audit_shows_sign_ins(admin: FlaskClient) -> None:
+    rows = table_rows(admin.get("/admin/audit").get_data(as_text=True), "audit-table")
+
+    assert [row[1:3] for row in rows] == [[ADMIN[0], "sign-in"]]
