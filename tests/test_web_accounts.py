@@ -93,8 +93,11 @@ def test_sign_in_wrong_password_and_unknown_user(store: AccountStore) -> None:
     wrong = store.sign_in("alice", "wrong password!", "127.0.0.1", now=START)
     unknown = store.sign_in("mallory", "correct horse battery", "127.0.0.1", now=START)
 
-    assert wrong.user is None and not wrong.locked and wrong.token == ""
-    assert unknown.user is None and not unknown.locked
+    assert wrong.user is None
+    assert not wrong.locked
+    assert wrong.token == ""
+    assert unknown.user is None
+    assert not unknown.locked
 
 
 def test_sign_in_locks_user_after_max_failures(store: AccountStore) -> None:
@@ -182,7 +185,8 @@ def test_audit_log_pages_newest_first(tmp_path: Path) -> None:
 
     assert (first.total, first.pages, first.page) == (5, 3, 1)
     assert [event.file_sha256[-1] for event in first.events] == ["4", "3"]
-    assert last.page == 3 and len(last.events) == 1
+    assert last.page == 3
+    assert len(last.events) == 1
     with pytest.raises(ValueError, match="unknown audit action 'delete-everything'"):
         audit.record("delete-everything")
 

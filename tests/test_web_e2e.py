@@ -155,7 +155,7 @@ def dashboard_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def console_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     # TODO: start `python -m client.console serve --model BUNDLE` with a real signed bundle
-    # once client.detect is on this branch; until then the app runs in this process with
+    # once client.detect is on this branch. Until then the app runs in this process with
     # the stand-in detection path.
     from waitress.server import create_server
 

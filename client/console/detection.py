@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the pages show about the model in use."""
+    """Details of the model in use, shown on every page."""
 
     version: str
     signature_verified: bool

@@ -46,7 +46,7 @@ View = TypeVar("View", bound=Callable[..., ResponseReturnValue])
 
 @dataclass(frozen=True)
 class WebState:
-    """What the routes of a web app share, stored in ``app.extensions``."""
+    """Objects shared by the routes of a web app, stored in ``app.extensions``."""
 
     settings: WebSettings
     accounts: AccountStore
@@ -179,7 +179,7 @@ def _load_user() -> ResponseReturnValue | None:
     g.user = web_state().accounts.user_for_token(session.get(_SESSION_TOKEN, ""))
     if g.user is None and request.endpoint not in PUBLIC_ENDPOINTS:
         if request.endpoint is None:
-            # Unknown URL: let the 404 page answer without revealing that it needs sign-in.
+            # Unknown URL: the 404 page responds without revealing whether a page needs sign-in.
             return None
         target = request.full_path if request.method == "GET" else ""
         return redirect(url_for("web.login", next=target.rstrip("?") or None), code=303)

@@ -197,8 +197,8 @@ def serve(app: Flask, settings: WebSettings, name: str) -> None:
         host=settings.host,
         port=settings.port,
         threads=WAITRESS_THREADS,
-        # Waitress buffers the whole body before the app sees it; a little
-        # more than the app's limit lets the app answer 413 with its own page.
+        # Waitress buffers the whole body before the app receives it. A little
+        # more than the app's limit lets the app respond 413 with its own page.
         max_request_body_size=settings.max_upload_bytes + MEBIBYTE,
         ident="fedids",
     )

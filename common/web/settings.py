@@ -151,7 +151,7 @@ class WebSettings:
         key = path.read_text(encoding="ascii").strip()
         if len(key) < _MIN_SECRET_KEY_CHARS:
             raise ConfigError(
-                f"secret key file {path} holds {len(key)} characters, fewer than {_MIN_SECRET_KEY_CHARS}; "
+                f"secret key file {path} contains {len(key)} characters, fewer than {_MIN_SECRET_KEY_CHARS}; "
                 "delete it to generate a new key (this signs out every user)"
             )
         return key

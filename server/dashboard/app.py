@@ -84,9 +84,9 @@ def render_round_chart(rounds: list[RoundDetail]) -> str:
         (bottom, "loss", "loss", "#5d4037", "^"),
     ):
         points = [(number, detail.metrics.get(key)) for number, detail in zip(numbers, rounds, strict=True)]
-        kept = [(x, float(y)) for x, y in points if isinstance(y, int | float)]
-        if kept:
-            axes.plot([x for x, _ in kept], [y for _, y in kept], marker=marker, color=colour, label=label,
+        defined = [(x, float(y)) for x, y in points if isinstance(y, int | float)]
+        if defined:
+            axes.plot([x for x, _ in defined], [y for _, y in defined], marker=marker, color=colour, label=label,
                       linewidth=1.5, markersize=4)
     top.set_ylim(0, 1.02)
     top.set_ylabel("score")

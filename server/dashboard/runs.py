@@ -3,8 +3,8 @@
 The folders are written by :class:`server.checkpoints.CheckpointWriter`:
 ``run.json``, ``history.jsonl`` and ``round-NNN/metrics.json`` under
 ``<checkpoint-dir>/<run-name>/``. A run in progress may have a half-written
-last history line or a round folder without metrics yet; both are skipped
-with a warning instead of failing the page.
+last history line or a round folder without metrics yet. Both are skipped
+with a warning, so the page still shows the rest.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ _METRICS_FILE = "metrics.json"
 
 @dataclass(frozen=True)
 class SiteOutcome:
-    """What one site did in one round."""
+    """Outcome of one site in one round."""
 
     node_id: int
     trained: bool
@@ -48,7 +48,7 @@ class RoundDetail:
     metrics : dict
         The round's history line: ``f1``, ``macro_f1``, ``precision``,
         ``recall``, ``fpr``, ``roc_auc``, ``accuracy``, ``loss``,
-        ``n_sites_ok``, ``failures`` and ``seconds``; a value is ``None``
+        ``n_sites_ok``, ``failures`` and ``seconds``. A value is ``None``
         when the round could not compute it.
     sites : list of SiteOutcome
         Sites with a valid train or evaluate reply.
