@@ -202,6 +202,8 @@ class AccountStore:
             verified = self._verify(user.password_hash if user is not None else self._dummy_hash, password)
             succeeded = bool(verified and user is not None and user.active)
             db.add(LoginAttempt(username=name, remote_addr=address, at=now, succeeded=succeeded))
+            # Attempts older than the window no longer count; the audit log keeps the history.
+            db.query(LoginAttempt).filter(LoginAttempt.at < now - self.window).delete()
             if not succeeded or user is None:
                 logger.warning("sign-in: failed for %r from %s", name, address)
                 return SignInResult(user=None)
