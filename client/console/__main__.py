@@ -26,8 +26,11 @@ def _add_console_arguments(parser: argparse.ArgumentParser) -> None:
 def _build_app(settings: WebSettings, arguments: argparse.Namespace) -> Flask:
     from client.console.app import create_console_app
     from client.console.detection import load_detector
+    from client.console.timeline import warm_up
 
-    return create_console_app(settings, load_detector(arguments.model, arguments.public_key))
+    app = create_console_app(settings, load_detector(arguments.model, arguments.public_key))
+    warm_up()
+    return app
 
 
 def main(argv: Sequence[str] | None = None) -> int:

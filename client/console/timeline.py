@@ -58,7 +58,8 @@ def render_timeline(predictions: pd.DataFrame, episodes: Sequence[dict[str, Any]
     axes.set_xlabel("flow (row of the uploaded file)")
     axes.set_ylabel("attack probability")
     axes.grid(axis="y", color="#dde3ea", linewidth=0.6)
-    axes.legend(loc="upper right", fontsize=8, frameon=False, ncols=4)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(loc="upper right", fontsize=8, frameon=False, ncols=4)
     return figure_to_svg(figure)
 
 
@@ -73,3 +74,8 @@ def _binned_maximum(rows: np.ndarray, values: np.ndarray, bins: int) -> tuple[np
     filled = np.isfinite(maximum)
     centres = (edges[:-1] + edges[1:]) / 2
     return centres[filled], maximum[filled]
+
+
+def warm_up() -> None:
+    """Render an empty timeline once, so the first upload does not pay for importing matplotlib."""
+    render_timeline(pd.DataFrame({"row": [], "attack_probability": []}), [])
