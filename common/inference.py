@@ -14,6 +14,8 @@ exported model agrees with Keras within 1e-4 before it publishes it):
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
@@ -28,9 +30,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: Windows per call of the runtime. ONNX Runtime's LSTM was fastest with
-#: batches of about a thousand windows in simulations/benchmark_detection.py,
+#: batches of a few hundred windows in simulations/benchmark_detection.py,
 #: while Keras' predict loop amortises its per-call overhead over larger ones.
-ONNX_BATCH_SIZE = 1024
+ONNX_BATCH_SIZE = 256
 KERAS_BATCH_SIZE = 4096
 
 Runtime = Literal["auto", "onnx", "keras"]
@@ -75,6 +77,12 @@ class KerasPredictor:
 class OnnxPredictor:
     """Predict with an ONNX model in ONNX Runtime's CPU execution provider.
 
+    The session runs each call on one thread, and ``threads`` worker threads
+    score batches in parallel. ONNX Runtime releases the GIL inside ``run``,
+    and on a busy machine one single-threaded run per core lost far less to
+    contention than ONNX Runtime's own intra-op thread pool
+    (simulations/benchmark_detection.py).
+
     Parameters
     ----------
     path : path-like
@@ -82,7 +90,7 @@ class OnnxPredictor:
     batch_size : int
         Windows per ``run`` call.
     threads : int, optional
-        Intra-op threads; ``None`` or 0 lets ONNX Runtime use every core.
+        Parallel workers; ``None`` uses one per CPU core.
 
     Raises
     ------
@@ -96,23 +104,32 @@ class OnnxPredictor:
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads or 0
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         output_shape = self.session.get_outputs()[0].shape
         self.n_classes = int(output_shape[-1]) if isinstance(output_shape[-1], int) else 0
         self.batch_size = batch_size
+        self.threads = max(1, threads if threads is not None else (os.cpu_count() or 1))
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self.session.run(None, {self.input_name: batch})[0])
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Return probabilities of shape (n_windows, n_classes), float32."""
         X = np.ascontiguousarray(X, dtype=np.float32)
         if len(X) == 0:
             return np.empty((0, self.n_classes), dtype=np.float32)
-        parts = [
-            self.session.run(None, {self.input_name: X[start : start + self.batch_size]})[0]
-            for start in range(0, len(X), self.batch_size)
-        ]
+        batches = [X[start : start + self.batch_size] for start in range(0, len(X), self.batch_size)]
+        if self.threads == 1 or len(batches) == 1:
+            parts = [self._run(batch) for batch in batches]
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="onnx")
+            parts = list(self._pool.map(self._run, batches))
         return np.concatenate(parts).astype(np.float32, copy=False)
 
 
@@ -140,7 +157,7 @@ def make_predictor(
     batch_size : int, optional
         Windows per call; the runtime's default when omitted.
     threads : int, optional
-        ONNX Runtime intra-op threads (default: all cores).
+        Parallel ONNX Runtime workers (default: one per core).
 
     Raises
     ------

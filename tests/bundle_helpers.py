@@ -99,3 +99,35 @@ def write_toy_round(
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def train_wustl_round(
+    folder: Path, wustl_path: Path, *, window: int, train_rows: int, epochs: int = 3, seed: int = 42
+) -> Path:
+    """Train a CNN-LSTM on the first ``train_rows`` cleaned WUSTL rows and save it as a checkpoint round.
+
+    Scaling statistics come from those rows only; the rows after them stay
+    unseen for detection tests.
+    """
+    import keras
+
+    from common.config import load_dataset_config
+    from common.loading import load_flows
+    from common.model import build_model_from_config
+    from common.preprocessing import FeatureStatistics
+    from common.resampling import resample_training
+    from common.training import fit_model
+    from common.windows import make_windows
+
+    config = load_dataset_config("wustl-ehms-2020")
+    table = load_flows(wustl_path, config).take(slice(0, train_rows))
+    assert table.labels is not None
+    preprocessor = Preprocessor.from_statistics(FeatureStatistics.fit(table.features, config), config, window=window)
+    X, y = make_windows(preprocessor.transform(table.features), table.labels, window)
+    assert y is not None
+    X, y, _ = resample_training(X, y, seed=seed)
+    keras.utils.set_random_seed(seed)
+    model = build_model_from_config(preprocessor.n_features, window, preprocessor.n_classes, config.model)
+    fit_model(model, X, y, epochs=epochs, batch_size=256, seed=seed)
+    save_model(folder, model, preprocessor, round_metrics(1, val_f1=None))
+    return folder
