@@ -16,7 +16,9 @@ Record names (the protocol shared with ``server/``):
 - train replies with ArrayRecord ``"arrays"`` and MetricRecord ``"metrics"``:
   ``num-examples``, ``train-loss``, ``train-accuracy`` and ``train-seconds``;
 - evaluate replies with MetricRecord ``"metrics"``: ``num-examples``,
-  ``eval-loss``, ``confusion``, ``histograms`` and ``histogram-bins``.
+  ``eval-loss``, ``confusion``, ``histograms`` and ``histogram-bins`` of the
+  local test block, plus ``val-num-examples`` and ``val-confusion`` of the
+  local validation block, on which the coordinator picks the best round.
 
 A handler that raises makes Flower send an error reply, which the server
 records as a failure of this site. A site without training or test windows
@@ -261,7 +263,13 @@ def train(msg: Message, context: Context) -> Message:
 
 
 def _evaluate_reply(
-    msg: Message, num_examples: int, loss: float, confusion: np.ndarray, histograms: np.ndarray, bins: int
+    msg: Message,
+    num_examples: int,
+    loss: float,
+    confusion: np.ndarray,
+    histograms: np.ndarray,
+    bins: int,
+    validation_confusion: np.ndarray,
 ) -> Message:
     metrics = MetricRecord(
         {
@@ -270,6 +278,8 @@ def _evaluate_reply(
             "confusion": [int(value) for value in confusion.ravel()],
             "histograms": [int(value) for value in histograms.ravel()],
             "histogram-bins": int(bins),
+            "val-num-examples": int(validation_confusion.sum()),
+            "val-confusion": [int(value) for value in validation_confusion.ravel()],
         }
     )
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
@@ -303,7 +313,9 @@ def evaluate(msg: Message, context: Context) -> Message:
         ``eval-loss`` (mean cross-entropy), ``confusion`` (flattened
         n_classes x n_classes matrix, true classes as rows), ``histograms``
         (flattened :func:`score_histograms`, n_classes x 2 x bins) and
-        ``histogram-bins``. A site without test windows sends zeros.
+        ``histogram-bins``, plus ``val-num-examples`` and ``val-confusion``
+        (flattened n_classes x n_classes) of the local validation windows.
+        A site without test windows sends zeros.
     """
     config = _message_config(msg)
     server_round = config_value(config, "server-round", int)
@@ -320,12 +332,16 @@ def evaluate(msg: Message, context: Context) -> Message:
     except EmptyDataError as error:
         logger.warning("evaluate: round %d: no usable data at this site: %s", server_round, error)
         prepared = None
+    validation_confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
+    if prepared is not None and len(prepared.y_val) > 0:
+        validation_predicted = predict_proba(model, prepared.X_val).argmax(axis=1)
+        validation_confusion = confusion_counts(prepared.y_val, validation_predicted, n_classes)
     if prepared is None or len(prepared.y_test) == 0:
         if prepared is not None:
             logger.warning("evaluate: round %d: the local test block contains no window", server_round)
         empty_confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
         empty_histograms = np.zeros((n_classes, 2, bins), dtype=np.int64)
-        return _evaluate_reply(msg, 0, 0.0, empty_confusion, empty_histograms, bins)
+        return _evaluate_reply(msg, 0, 0.0, empty_confusion, empty_histograms, bins, validation_confusion)
 
     y_test = prepared.y_test
     proba = predict_proba(model, prepared.X_test)
@@ -340,4 +356,4 @@ def evaluate(msg: Message, context: Context) -> Message:
         loss,
         float(np.trace(confusion)) / len(y_test),
     )
-    return _evaluate_reply(msg, len(y_test), loss, confusion, histograms, bins)
+    return _evaluate_reply(msg, len(y_test), loss, confusion, histograms, bins, validation_confusion)

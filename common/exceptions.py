@@ -34,3 +34,15 @@ class PreprocessingError(FedIDSError, ValueError):
 
 class ModelMismatchError(FedIDSError, ValueError):
     """Model weights do not match the architecture they are loaded into."""
+
+
+class BundleVerificationError(FedIDSError, ValueError):
+    """A model bundle is unsigned, signed by another key, tampered with, truncated or malformed."""
+
+
+class RegistryError(FedIDSError, RuntimeError):
+    """The coordinator's model registry cannot publish, list or find a bundle."""
+
+
+class PullError(FedIDSError, RuntimeError):
+    """A site cannot fetch a bundle from the coordinator's model service."""

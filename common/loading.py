@@ -412,6 +412,33 @@ def load_flows(
     return clean_flows(frame, config, task, source=str(path), require_labels=require_labels)
 
 
+def map_labels(column: pd.Series, task: TaskConfig, config: DatasetConfig, source: str = "<frame>") -> np.ndarray:
+    """Map raw label values to class indices, as :func:`clean_flows` does.
+
+    Parameters
+    ----------
+    column : pandas.Series of shape (n_rows,)
+        Raw label values, for example the task's label column of
+        :func:`read_flow_csv` output.
+    task : TaskConfig
+    config : DatasetConfig
+        Names the configuration file in error messages.
+    source : str
+        File name used in messages.
+
+    Returns
+    -------
+    numpy.ndarray of int64, shape (n_rows,)
+        Class index per row, -1 where the label is empty or a missing-value marker.
+
+    Raises
+    ------
+    DataValidationError
+        If a value is neither a known label nor a missing-value marker.
+    """
+    return _map_labels(column, task, config, source)
+
+
 def _check_columns(
     frame: pd.DataFrame,
     config: DatasetConfig,

@@ -8,7 +8,9 @@ A run has four steps:
    :class:`~common.preprocessing.Preprocessor`;
 3. build the initial CNN-LSTM with a fixed seed;
 4. run ``num-rounds`` rounds of :class:`~server.strategy.FederatedIDSStrategy`,
-   saving a checkpoint after each round's evaluation.
+   saving a checkpoint after each round's evaluation and, when
+   ``signing-key`` is set, publishing it as a signed bundle in the registry
+   (:mod:`server.registry`).
 
 ``app`` reads its settings from the run config (``flwr run``). A simulation
 driver, whose ``run_simulation`` passes an empty run config, uses
@@ -34,6 +36,7 @@ from common.exceptions import FedIDSError, PreprocessingError
 from common.model import build_model_from_config, get_weights
 from common.preprocessing import UNKNOWN_CATEGORY, FeatureStatistics, Preprocessor
 from server.checkpoints import CheckpointWriter
+from server.registry import publisher_from_settings
 from server.settings import FederationSettings
 from server.strategy import FederatedIDSStrategy, FederationError, NodeFailure, trim_reason
 
@@ -245,7 +248,7 @@ def run_federation(grid: Grid, settings: FederationSettings) -> None:
     FederationError
         If too few sites connect or reply to the query.
     ConfigError
-        If the run folder already exists.
+        If the run folder already exists or the signing key cannot be loaded.
     """
     started = time.monotonic()
     logger.info(
@@ -258,6 +261,10 @@ def run_federation(grid: Grid, settings: FederationSettings) -> None:
         settings.min_sites,
     )
     dataset = settings.dataset_config()
+    # Load the signing key before any site is contacted, so a wrong path fails at once.
+    publisher = publisher_from_settings(
+        settings.registry_dir, settings.signing_key, settings.registry_keep, settings.run_name, dataset.source
+    )
     node_ids = wait_for_nodes(grid, settings.min_sites, settings.node_wait_timeout)
     reports, failures = query_sites(grid, settings, node_ids, dataset)
     merged, preprocessor = merge_statistics(reports, settings, dataset)
@@ -282,8 +289,11 @@ def run_federation(grid: Grid, settings: FederationSettings) -> None:
     )
 
     def save_checkpoint(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        # Flower calls this after each round's evaluation and once for round 0.
-        writer.save_round(server_round, arrays, strategy.rounds.get(server_round))
+        # Flower calls this after each round's evaluation and once for round 0,
+        # whose untrained model is never published.
+        folder = writer.save_round(server_round, arrays, strategy.rounds.get(server_round))
+        if publisher is not None and server_round > 0:
+            publisher.publish_round(server_round, folder, writer.model)
         return None
 
     try:

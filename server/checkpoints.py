@@ -8,7 +8,8 @@ Layout under ``<checkpoint-dir>/<run-name>/``:
 - ``preprocessing.json``: the federation's agreed preprocessing;
 - ``round-<NNN>/``: ``model.keras``, ``preprocessing.json`` and
   ``metrics.json`` of the global model after round NNN (``round-000`` holds
-  the initial model);
+  the initial model). ``metrics`` in ``metrics.json`` are computed on the
+  sites' test blocks, ``validation_metrics`` on their validation blocks;
 - ``history.jsonl``: one JSON line per completed round with the headline
   metrics, for plots and for comparing runs.
 """
@@ -179,6 +180,7 @@ class CheckpointWriter:
                 "round": server_round,
                 "initial_model": True,
                 "metrics": None,
+                "validation_metrics": None,
                 "loss": None,
                 "train_metrics": {},
                 "trained": [],
@@ -191,6 +193,7 @@ class CheckpointWriter:
             "round": server_round,
             "initial_model": False,
             "metrics": record.metrics,
+            "validation_metrics": record.validation_metrics,
             "loss": record.loss,
             "train_metrics": record.train_metrics,
             "trained": [
@@ -222,6 +225,7 @@ class CheckpointWriter:
         line: dict[str, Any] = {"round": server_round}
         line.update({key: metrics.get(key) for key in SCALAR_METRICS})
         line["loss"] = record.loss
+        line["val_f1"] = None if record.validation_metrics is None else record.validation_metrics.get("f1")
         line["n_sites_ok"] = len(record.sites_ok)
         line["failures"] = len(record.failures)
         line["seconds"] = seconds

@@ -44,6 +44,9 @@ DEFAULTS: dict[str, int | float | str] = {
     "partition": "contiguous",
     "alpha": 0.5,
     "seed": 42,
+    "registry-dir": "runs/registry",
+    "signing-key": "",
+    "registry-keep": 5,
 }
 
 # A run name becomes one folder name under checkpoint-dir.
@@ -55,7 +58,8 @@ class FederationSettings:
     """Validated settings of one federated run.
 
     Attributes mirror the run-config keys, with dashes turned into
-    underscores. ``task`` is the resolved task name and ``run_name`` is never
+    underscores. ``signing-key`` is the path of the coordinator's private
+    key; when it is empty, no bundle is published. ``task`` is the resolved task name and ``run_name`` is never
     empty: an empty run-config value becomes the start time
     (``YYYYmmdd-HHMMSS``). ``data_dir`` and ``site_dir`` stay as given,
     because each site resolves them on its own machine.
@@ -80,6 +84,9 @@ class FederationSettings:
     partition: str
     alpha: float
     seed: int
+    registry_dir: str
+    signing_key: str
+    registry_keep: int
 
     @classmethod
     def from_run_config(
@@ -156,6 +163,9 @@ class FederationSettings:
             partition=partition,
             alpha=_number(values, "alpha", low=0.0, low_inclusive=False),
             seed=_integer(values, "seed", minimum=0),
+            registry_dir=_text(values, "registry-dir", allow_empty=False),
+            signing_key=_text(values, "signing-key"),
+            registry_keep=_integer(values, "registry-keep", minimum=1),
         )
 
     def dataset_config(self) -> DatasetConfig:

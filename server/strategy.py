@@ -41,8 +41,17 @@ logger = logging.getLogger(__name__)
 #: Keys of a train reply's MetricRecord ``"metrics"``.
 TRAIN_METRIC_KEYS = ("num-examples", "train-loss", "train-accuracy", "train-seconds")
 
-#: Keys of an evaluate reply's MetricRecord ``"metrics"``.
-EVALUATE_METRIC_KEYS = ("num-examples", "eval-loss", "confusion", "histograms", "histogram-bins")
+#: Keys of an evaluate reply's MetricRecord ``"metrics"``: counts on the
+#: site's test block, then the confusion matrix on its validation block.
+EVALUATE_METRIC_KEYS = (
+    "num-examples",
+    "eval-loss",
+    "confusion",
+    "histograms",
+    "histogram-bins",
+    "val-num-examples",
+    "val-confusion",
+)
 
 #: Scalar federation-wide metrics returned to Flower and written to history.jsonl.
 SCALAR_METRICS = ("f1", "macro_f1", "precision", "recall", "fpr", "roc_auc", "accuracy")
@@ -160,6 +169,9 @@ class RoundRecord:
     train_metrics: dict[str, int | float] = field(default_factory=dict)
     metrics: dict[str, Any] | None = None
     loss: float | None = None
+    # Metrics on the sites' validation blocks, which (unlike the test blocks)
+    # may be used to choose a round.
+    validation_metrics: dict[str, Any] | None = None
 
     @property
     def failures(self) -> list[NodeFailure]:
@@ -330,6 +342,7 @@ class FederatedIDSStrategy(FedAvg):
         bins = int(_metrics_of(valid[0])["histogram-bins"])  # type: ignore[arg-type]
         confusion = np.zeros(n_classes * n_classes, dtype=np.int64)
         histograms = np.zeros(n_classes * 2 * bins, dtype=np.int64)
+        validation_confusion = np.zeros(n_classes * n_classes, dtype=np.int64)
         total = 0
         weighted_loss = 0.0
         for reply in valid:
@@ -337,8 +350,16 @@ class FederatedIDSStrategy(FedAvg):
             count = int(metrics["num-examples"])  # type: ignore[arg-type]
             confusion += np.asarray(metrics["confusion"], dtype=np.int64)
             histograms += np.asarray(metrics["histograms"], dtype=np.int64)
+            validation_confusion += np.asarray(metrics["val-confusion"], dtype=np.int64)
             total += count
             weighted_loss += float(metrics["eval-loss"]) * count  # type: ignore[arg-type]
+        if validation_confusion.sum() > 0:
+            record.validation_metrics = metrics_from_counts(
+                validation_confusion.reshape(n_classes, n_classes),
+                None,
+                self.preprocessor.classes,
+                self.preprocessor.normal_class,
+            )
         if total == 0:
             self._skip(server_round, outcome, "no site has a test window")
             return None
@@ -488,6 +509,15 @@ class FederatedIDSStrategy(FedAvg):
 
         if int(confusion.sum()) != count:
             return f"confusion matrix sums to {int(confusion.sum())}, but num-examples is {count}"
+        validation_confusion = _count_array(metrics["val-confusion"], n_classes * n_classes, "val-confusion")
+        if isinstance(validation_confusion, str):
+            return validation_confusion
+        validation_count = metrics["val-num-examples"]
+        if validation_count != int(validation_confusion.sum()):
+            return (
+                f"val-confusion sums to {int(validation_confusion.sum())}, but val-num-examples is "
+                f"{validation_count!r}"
+            )
         per_class = histograms.reshape(n_classes, 2 * bins).sum(axis=1)
         if not np.all(per_class == count):
             return f"each class's histograms must sum to num-examples {count}, got {per_class.tolist()}"

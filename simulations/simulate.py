@@ -118,6 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-baselines", action="store_true", help="skip the centralized and local-only models")
     parser.add_argument("--seed", type=int, help="seed of the partition and the models (default: configured)")
     parser.add_argument(
+        "--signing-key",
+        type=Path,
+        help="coordinator's Ed25519 private key; every round is then published as a signed bundle "
+        "(create one with 'python -m server.signing init --out secrets/')",
+    )
+    parser.add_argument(
+        "--registry-dir", type=Path, help="model registry folder for the signed bundles (default: OUT/registry)"
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         type=str.upper,
@@ -278,6 +287,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "run-name": run_name,
         "site-dir": str(site_dir.resolve()),
         "seed": seed,
+        "registry-dir": str((args.registry_dir or out / "registry").resolve()),
+        "signing-key": str(args.signing_key.resolve()) if args.signing_key else "",
     }
     started = time.perf_counter()
     run_federation(settings, args.sites)

@@ -398,7 +398,15 @@ def sent_messages(strategy: FederatedIDSStrategy, phase: str, node_ids: list[int
     return sorted(messages, key=lambda message: message.metadata.dst_node_id)
 
 
-def evaluate_reply(sent: Message, confusion: list[int], histograms: list[int], loss: float, bins: int = 4) -> Message:
+def evaluate_reply(
+    sent: Message,
+    confusion: list[int],
+    histograms: list[int],
+    loss: float,
+    bins: int = 4,
+    validation_confusion: list[int] | None = None,
+) -> Message:
+    validation = validation_confusion if validation_confusion is not None else [1, 0, 0, 1]
     metrics = MetricRecord(
         {
             "num-examples": sum(confusion),
@@ -406,6 +414,8 @@ def evaluate_reply(sent: Message, confusion: list[int], histograms: list[int], l
             "confusion": confusion,
             "histograms": histograms,
             "histogram-bins": bins,
+            "val-num-examples": sum(validation),
+            "val-confusion": validation,
         }
     )
     return Message(RecordDict({"metrics": metrics}), reply_to=sent)
@@ -439,6 +449,36 @@ def test_aggregate_evaluate_sums_counts() -> None:
     assert result["loss"] == pytest.approx((0.5 * 11 + 0.2 * 12) / 23)
     assert result["num-examples"] == 23
     assert record.evaluate.ok == {11: 11, 22: 12}
+
+
+def test_aggregate_evaluate_sums_validation_counts() -> None:
+    strategy = FederatedIDSStrategy(toy_preprocessor(), min_sites=2, round_timeout=5.0)
+    sent = sent_messages(strategy, "evaluate", [11, 22])
+    replies = [
+        evaluate_reply(sent[0], *SITE_A, validation_confusion=[6, 2, 1, 3]),
+        evaluate_reply(sent[1], *SITE_B, validation_confusion=[4, 0, 3, 1]),
+    ]
+
+    strategy.aggregate_evaluate(1, replies)
+
+    validation = strategy.rounds[1].validation_metrics
+    assert validation is not None
+    # Summed [[10, 2], [4, 4]]: tp 4, fp 2, fn 4, so F1 = 8 / (8 + 2 + 4).
+    assert validation["confusion_matrix"] == [[10, 2], [4, 4]]
+    assert validation["f1"] == pytest.approx(8 / 14)
+    assert validation["fpr"] == pytest.approx(2 / 12)
+
+
+def test_aggregate_evaluate_rejects_inconsistent_validation_count() -> None:
+    strategy = FederatedIDSStrategy(toy_preprocessor(), min_sites=1, round_timeout=5.0)
+    sent = sent_messages(strategy, "evaluate", [11])
+    reply = evaluate_reply(sent[0], *SITE_A)
+    reply.content.metric_records["metrics"]["val-num-examples"] = 7
+
+    strategy.aggregate_evaluate(1, [reply])
+
+    outcome = strategy.rounds[1].evaluate
+    assert "val-confusion sums to 2, but val-num-examples is 7" in outcome.failures[0].reason
 
 
 def test_aggregate_evaluate_drops_malformed_reply() -> None:

@@ -1,0 +1,702 @@
+"""Detection at a hospital site: score a flow CSV with a verified model bundle.
+
+Command::
+
+    python -m client.detect --model BUNDLE --input TRAFFIC.csv --out PREDICTIONS.csv \\
+        [--summary SUMMARY.json] [--follow] [--public-key bundle-signing.pub]
+
+``BUNDLE`` is a bundle folder or ``.tar.gz`` archive, for example the
+``current`` link that ``client.pull`` maintains. Its signature and
+checksums are verified before anything is loaded.
+
+How flows are scored:
+
+- the input is read and cleaned by the same loader as training
+  (``common.loading``) with the bundle's own dataset rules, and transformed
+  by the bundle's own preprocessing (agreed minimum and maximum,
+  vocabularies). Two rules differ from training so that every flow gets a
+  verdict: missing numeric values are always imputed with the federation's
+  mean instead of dropping the row, and duplicate rows are kept;
+- flows are windowed in file (capture) order. The model decides about the
+  last flow of each window of W flows, so the first W - 1 flows of a file
+  (or of a ``--follow`` stream) have no full window and are **not scored**:
+  they get no row in the predictions, ``rows_scored`` is ``rows_read - (W -
+  1)``, and the summary lists them as ``unscored_rows``. Padding them with
+  copies of the first flow would feed the model windows it never saw in
+  training;
+- an *episode* is a maximal run of consecutive scored flows predicted as
+  an attack, reported with its first and last data row (0-based, header
+  excluded), its flow count, its most frequent attack class and its peak
+  attack probability.
+
+The work is vectorised over all rows (arrays, sliding windows, run-length
+encoding of the attack flags); Python loops run only per batch and per episode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from common.bundle import PUBLIC_KEY_ENV, Bundle, load_bundle, load_public_key
+from common.config import DatasetConfig
+from common.exceptions import DataFileNotFoundError, DataValidationError, FedIDSError
+from common.inference import RUNTIMES, Predictor, make_predictor
+from common.loading import clean_flows, map_labels, read_flow_csv
+
+logger = logging.getLogger(__name__)
+
+#: Windows built and scored at once; bounds memory on large files
+#: (65,536 windows of 16 flows x 37 inputs are 155 MB of float32).
+WINDOWS_PER_STEP = 65_536
+
+#: Decimal places of probabilities in the predictions CSV.
+PROBABILITY_DECIMALS = 6
+
+#: Exit status when --follow ends because of SIGINT or SIGTERM after a clean shutdown.
+EXIT_OK = 0
+
+
+@dataclass
+class Episode:
+    """A maximal run of consecutive scored flows predicted as an attack.
+
+    Attributes
+    ----------
+    first_row, last_row : int
+        Data rows (0-based, header excluded) of the first and last flow.
+    predicted : str
+        The most frequent attack class among the episode's flows.
+    flows : int
+        Number of flows in the episode.
+    peak_probability : float
+        Highest attack probability (1 - probability of the normal class).
+    """
+
+    first_row: int
+    last_row: int
+    predicted: str
+    flows: int
+    peak_probability: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class DetectionResult:
+    """Per-flow predictions and their summary.
+
+    Attributes
+    ----------
+    predictions : pandas.DataFrame
+        One row per scored flow: ``row`` (0-based data row of the input),
+        ``predicted`` (class name), ``probability`` (of the predicted class),
+        ``attack_probability`` (1 - probability of the normal class) and,
+        when the input has the bundle's label column, ``label`` (true class,
+        ``""`` where the label is missing).
+    class_counts : dict of str to int
+        Predicted class to number of flows, every class listed.
+    episodes : list of Episode
+    model_version : str
+    signature_verified : bool
+    rows_read : int
+        Data rows in the input.
+    rows_scored : int
+        Rows with a prediction; the first W - 1 rows have none.
+    seconds : float
+        Wall time of reading, cleaning, scoring and summarising.
+    runtime : str
+        ``"onnx"`` or ``"keras"``.
+    source : str
+        The input file, or ``"<frame>"``.
+    window : int
+        Flows per window (W).
+    normal_class : str
+        The benign class; every other class is an attack.
+    """
+
+    predictions: pd.DataFrame
+    class_counts: dict[str, int]
+    episodes: list[Episode]
+    model_version: str
+    signature_verified: bool
+    rows_read: int
+    rows_scored: int
+    seconds: float
+    runtime: str = ""
+    source: str = "<frame>"
+    window: int = 1
+    normal_class: str = "normal"
+
+    def to_summary(self) -> dict[str, Any]:
+        """Return counts, episodes, model version, verification, row counts and time as JSON-safe values."""
+        unscored = self.rows_read - self.rows_scored
+        return {
+            "source": self.source,
+            "model_version": self.model_version,
+            "signature_verified": self.signature_verified,
+            "runtime": self.runtime,
+            "window": self.window,
+            "rows_read": self.rows_read,
+            "rows_scored": self.rows_scored,
+            "unscored_rows": None if unscored <= 0 else {"first_row": 0, "last_row": unscored - 1},
+            "class_counts": dict(self.class_counts),
+            "episodes": [episode.to_dict() for episode in self.episodes],
+            "seconds": round(self.seconds, 4),
+        }
+
+    def write_predictions(self, path: str | os.PathLike[str]) -> Path:
+        """Write the predictions as CSV (header, one line per scored flow) and return the path."""
+        target = Path(path)
+        _write_prediction_rows(self.predictions, target, header=True, mode="w")
+        return target
+
+
+def _write_prediction_rows(frame: pd.DataFrame, path: Path, *, header: bool, mode: Literal["w", "a"]) -> None:
+    frame.to_csv(path, index=False, header=header, mode=mode, float_format=f"%.{PROBABILITY_DECIMALS}f")
+
+
+# ---------------------------------------------------------------------------
+# The streaming core shared by whole files and --follow
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class _OpenEpisode:
+    first_row: int
+    last_row: int
+    flows: int
+    peak: float
+    class_counts: np.ndarray
+
+
+def detection_config(config: DatasetConfig) -> DatasetConfig:
+    """Return the dataset rules for detection: impute missing values and keep duplicates, so every row is scored."""
+    return dataclasses.replace(config, missing_values="impute", drop_duplicates=False)
+
+
+@dataclass
+class FlowDetector:
+    """Score flows chunk by chunk, carrying windows and open episodes across chunks.
+
+    Parameters
+    ----------
+    bundle : Bundle
+        A verified bundle.
+    predictor : Predictor
+        The runtime that turns windows into probabilities.
+    """
+
+    bundle: Bundle
+    predictor: Predictor
+    rows_read: int = 0
+    rows_scored: int = 0
+    episodes: list[Episode] = field(default_factory=list)
+    _context: np.ndarray | None = None
+    _open: _OpenEpisode | None = None
+    _counts: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        preprocessor = self.bundle.preprocessor
+        self.config = detection_config(self.bundle.dataset_config)
+        self.task = self.config.task(preprocessor.task)
+        self.classes = np.array(preprocessor.classes, dtype=object)
+        self.normal_index = preprocessor.classes.index(preprocessor.normal_class)
+        self.window = preprocessor.window
+        self._context = np.empty((0, preprocessor.n_features), dtype=np.float32)
+        self._counts = np.zeros(preprocessor.n_classes, dtype=np.int64)
+
+    @property
+    def class_counts(self) -> dict[str, int]:
+        assert self._counts is not None
+        return {str(name): int(count) for name, count in zip(self.classes, self._counts, strict=True)}
+
+    def check_columns(self, columns: Sequence[str], source: str) -> None:
+        """Raise DataValidationError naming every input column of the bundle's preprocessing that is missing."""
+        present = set(columns)
+        missing = [name for name in self.bundle.preprocessor.input_columns if name not in present]
+        if missing:
+            raise DataValidationError(
+                f"{source}: missing {len(missing)} column(s) that model {self.bundle.version} needs: {missing}; "
+                f"the flow exporter must write the same columns as the {self.bundle.preprocessor.dataset!r} "
+                "training data"
+            )
+
+    def process(self, frame: pd.DataFrame, source: str) -> pd.DataFrame:
+        """Score one chunk of raw flows (all columns as read) and return its predictions.
+
+        Rows are numbered after the rows of earlier chunks.
+        """
+        self.check_columns([str(column) for column in frame.columns], source)
+        offset = self.rows_read
+        self.rows_read += len(frame)
+        if len(frame) == 0:
+            return self._empty_predictions(frame)
+
+        table = clean_flows(frame, self.config, self.task, source=source, require_labels=False)
+        X = self.bundle.preprocessor.transform(table.features)
+        assert table.source_rows is not None and self._context is not None
+        rows = table.source_rows + offset
+
+        # Windows end at every row of this chunk that has W - 1 predecessors, counting the carried context.
+        history = np.concatenate([self._context, X])
+        first_scored = max(self.window - 1 - len(self._context), 0)
+        probabilities = self._score(history, len(X) - first_scored)
+        self._context = history[len(history) - (self.window - 1) :] if self.window > 1 else history[:0]
+        scored_rows = rows[first_scored:]
+
+        predictions = self._predictions(scored_rows, probabilities)
+        if self.task.label_column in frame.columns:
+            predictions["label"] = self._labels(frame, table.source_rows[first_scored:], source)
+        self.rows_scored += len(scored_rows)
+        return predictions
+
+    def _score(self, history: np.ndarray, n_windows: int) -> np.ndarray:
+        """Return probabilities of shape (n_windows, n_classes) for the last n_windows windows of ``history``."""
+        n_classes = len(self.classes)
+        if n_windows <= 0:
+            return np.empty((0, n_classes), dtype=np.float32)
+        start = len(history) - n_windows - (self.window - 1)
+        parts = []
+        for step_start in range(0, n_windows, WINDOWS_PER_STEP):
+            step_end = min(step_start + WINDOWS_PER_STEP, n_windows)
+            block = history[start + step_start : start + step_end + self.window - 1]
+            parts.append(self.predictor.predict(_windows(block, self.window)))
+        return np.concatenate(parts)
+
+    def _predictions(self, rows: np.ndarray, probabilities: np.ndarray) -> pd.DataFrame:
+        predicted = probabilities.argmax(axis=1)
+        probability = probabilities[np.arange(len(predicted)), predicted]
+        attack_probability = 1.0 - probabilities[:, self.normal_index]
+        assert self._counts is not None
+        self._counts += np.bincount(predicted, minlength=len(self.classes))
+        self._update_episodes(rows, predicted, attack_probability)
+        return pd.DataFrame(
+            {
+                "row": rows.astype(np.int64),
+                "predicted": self.classes[predicted],
+                "probability": probability.astype(np.float64),
+                "attack_probability": attack_probability.astype(np.float64),
+            }
+        )
+
+    def _labels(self, frame: pd.DataFrame, positions: np.ndarray, source: str) -> np.ndarray:
+        try:
+            indices = map_labels(frame[self.task.label_column].iloc[positions], self.task, self.config, source)
+        except DataValidationError as error:
+            logger.warning("detect: the label column is left out of the predictions: %s", error)
+            return np.full(len(positions), "", dtype=object)
+        names = np.array([*self.classes, ""], dtype=object)
+        return names[indices]  # index -1 (missing label) picks the trailing ""
+
+    def _update_episodes(self, rows: np.ndarray, predicted: np.ndarray, attack_probability: np.ndarray) -> None:
+        attack = predicted != self.normal_index
+        if not attack.any():
+            self._close()
+            return
+        # Run-length encoding: +1 where a run of attack flows starts, -1 after it ends.
+        edges = np.diff(np.concatenate([[0], attack.astype(np.int8), [0]]))
+        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        bounds = np.column_stack([starts, ends]).ravel()
+        # reduceat needs every index inside the array, so a sentinel row sits at position len(rows).
+        peaks = np.maximum.reduceat(np.append(attack_probability, 0.0), bounds)[::2]
+        one_hot = np.zeros((len(predicted) + 1, len(self.classes)), dtype=np.int64)
+        one_hot[np.arange(len(predicted)), predicted] = 1
+        class_counts = np.add.reduceat(one_hot, bounds, axis=0)[::2]
+
+        for index, (start, end) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+            if index == 0 and start == 0 and self._open is not None:
+                episode = self._open
+                episode.last_row = int(rows[end - 1])
+                episode.flows += end - start
+                episode.peak = max(episode.peak, float(peaks[index]))
+                episode.class_counts += class_counts[index]
+            else:
+                self._close()
+                self._open = _OpenEpisode(
+                    int(rows[start]), int(rows[end - 1]), end - start, float(peaks[index]), class_counts[index].copy()
+                )
+            if end < len(rows):
+                self._close()
+
+    def _close(self) -> None:
+        if self._open is None:
+            return
+        counts = self._open.class_counts.copy()
+        counts[self.normal_index] = -1
+        episode = Episode(
+            first_row=self._open.first_row,
+            last_row=self._open.last_row,
+            predicted=str(self.classes[int(counts.argmax())]),
+            flows=self._open.flows,
+            peak_probability=round(self._open.peak, PROBABILITY_DECIMALS),
+        )
+        self.episodes.append(episode)
+        self._open = None
+
+    @property
+    def open_episode(self) -> Episode | None:
+        """The episode still running at the last scored flow, if any (closed by :meth:`finish`)."""
+        return None if self._open is None else Episode(
+            self._open.first_row, self._open.last_row, "", self._open.flows, self._open.peak
+        )
+
+    def finish(self) -> None:
+        """Close an episode that runs to the last scored flow."""
+        self._close()
+
+    def _empty_predictions(self, frame: pd.DataFrame) -> pd.DataFrame:
+        empty = pd.DataFrame(
+            {
+                "row": np.empty(0, dtype=np.int64),
+                "predicted": np.empty(0, dtype=object),
+                "probability": np.empty(0),
+                "attack_probability": np.empty(0),
+            }
+        )
+        if self.task.label_column in frame.columns:
+            empty["label"] = np.empty(0, dtype=object)
+        return empty
+
+
+def _windows(block: np.ndarray, window: int) -> np.ndarray:
+    """Return the windows of ``block`` of shape (n_rows - W + 1, W, n_features) as one contiguous array."""
+    if window == 1:
+        return block[:, np.newaxis, :]
+    view = np.lib.stride_tricks.sliding_window_view(block, window, axis=0)
+    return np.ascontiguousarray(view.transpose(0, 2, 1))
+
+
+# ---------------------------------------------------------------------------
+# Public entry points
+# ---------------------------------------------------------------------------
+
+
+def _predictor_for(bundle: Bundle, predictor: Predictor | None, runtime: str, batch_size: int | None) -> Predictor:
+    return predictor if predictor is not None else make_predictor(bundle, runtime, batch_size=batch_size)
+
+
+def detect_frame(
+    bundle: Bundle,
+    frame: pd.DataFrame,
+    *,
+    source: str = "<frame>",
+    batch_size: int | None = None,
+    runtime: str = "auto",
+    predictor: Predictor | None = None,
+) -> DetectionResult:
+    """Score raw flows with a verified bundle.
+
+    Parameters
+    ----------
+    bundle : Bundle
+        From :func:`common.bundle.load_bundle`.
+    frame : pandas.DataFrame of shape (n_rows, n_columns)
+        Raw flows in capture order, for example :func:`common.loading.read_flow_csv`
+        output; columns other than the bundle's inputs and label are ignored.
+    source : str
+        Name of the input in messages and the summary.
+    batch_size : int, optional
+        Windows per runtime call (runtime default when omitted).
+    runtime : {"auto", "onnx", "keras"}
+        See :func:`common.inference.make_predictor`.
+    predictor : Predictor, optional
+        A ready runtime; built from ``runtime`` when omitted. Pass one to
+        score many frames without rebuilding it.
+
+    Returns
+    -------
+    DetectionResult
+
+    Raises
+    ------
+    DataValidationError
+        If the frame lacks input columns of the bundle's preprocessing (all
+        of them are named) or a numeric column holds no numbers.
+    """
+    started = time.perf_counter()
+    detector = FlowDetector(bundle, _predictor_for(bundle, predictor, runtime, batch_size))
+    predictions = detector.process(frame, source)
+    detector.finish()
+    return _result(detector, predictions, source, time.perf_counter() - started)
+
+
+def detect_file(
+    bundle: Bundle,
+    path: str | os.PathLike[str],
+    *,
+    batch_size: int | None = None,
+    runtime: str = "auto",
+    predictor: Predictor | None = None,
+) -> DetectionResult:
+    """Read a plain or gzip flow CSV and score it with :func:`detect_frame`.
+
+    Raises
+    ------
+    DataFileNotFoundError, EmptyDataError, DataValidationError
+        If the file is missing, empty, not CSV, or lacks the bundle's input columns.
+    """
+    started = time.perf_counter()
+    frame = read_flow_csv(path)
+    result = detect_frame(
+        bundle, frame, source=str(path), batch_size=batch_size, runtime=runtime, predictor=predictor
+    )
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _result(detector: FlowDetector, predictions: pd.DataFrame, source: str, seconds: float) -> DetectionResult:
+    return DetectionResult(
+        predictions=predictions,
+        class_counts=detector.class_counts,
+        episodes=list(detector.episodes),
+        model_version=str(detector.bundle.version),
+        signature_verified=detector.bundle.signature_verified,
+        rows_read=detector.rows_read,
+        rows_scored=detector.rows_scored,
+        seconds=seconds,
+        runtime=detector.predictor.name,
+        source=source,
+        window=detector.window,
+        normal_class=str(detector.classes[detector.normal_index]),
+    )
+
+
+# ---------------------------------------------------------------------------
+# --follow: score rows as a flow exporter appends them
+# ---------------------------------------------------------------------------
+
+
+class _Stop:
+    """Set by SIGINT or SIGTERM, so --follow finishes its summary instead of dying mid-write."""
+
+    requested = False
+
+    @classmethod
+    def handle(cls, signum: int, frame: FrameType | None) -> None:
+        cls.requested = True
+
+
+def follow_chunks(
+    path: Path, *, poll_seconds: float, idle_timeout: float, max_chunk_bytes: int = 8 * 1024 * 1024
+) -> Iterator[pd.DataFrame]:
+    """Yield frames of the complete lines appended to a CSV file, starting with the rows already in it.
+
+    The header is read once. A line is processed only when its newline has
+    been written, so a row the exporter is still writing is never split.
+    The generator ends after ``idle_timeout`` seconds without a new line
+    (0 waits for ever) or when SIGINT or SIGTERM arrives.
+
+    Raises
+    ------
+    DataFileNotFoundError
+        If the file does not exist.
+    DataValidationError
+        If the file is gzip-compressed, shrinks (rotated or truncated) or a
+        row does not parse.
+    """
+    if not path.is_file():
+        raise DataFileNotFoundError(f"input file not found: {path}")
+    with path.open("rb") as stream:
+        if stream.read(2) == b"\x1f\x8b":
+            raise DataValidationError(f"{path}: --follow reads plain CSV only; this file is gzip-compressed")
+        stream.seek(0)
+        header = b""
+        pending = b""
+        last_data = time.monotonic()
+        position = 0
+        while not _Stop.requested:
+            chunk = stream.read(max_chunk_bytes)
+            if chunk:
+                position += len(chunk)
+                pending += chunk
+                cut = pending.rfind(b"\n")
+                if cut >= 0:
+                    complete, pending = pending[: cut + 1], pending[cut + 1 :]
+                    if not header:
+                        header, _, complete = complete.partition(b"\n")
+                        header = header.lstrip(b"\xef\xbb\xbf") + b"\n"
+                    if complete.strip():
+                        last_data = time.monotonic()
+                        yield _parse_lines(header, complete, path)
+                continue
+            if path.stat().st_size < position:
+                raise DataValidationError(
+                    f"{path} shrank from {position} to {path.stat().st_size} bytes (rotated or truncated); "
+                    "restart detection on the new file"
+                )
+            if idle_timeout > 0 and time.monotonic() - last_data >= idle_timeout:
+                logger.info("follow: no new rows in %s for %.0f s, stopping", path, idle_timeout)
+                return
+            time.sleep(poll_seconds)
+
+
+def _parse_lines(header: bytes, lines: bytes, path: Path) -> pd.DataFrame:
+    """Parse complete CSV lines with every value as text, named by the stripped header."""
+    names = [name.strip() for name in header.decode("utf-8").rstrip("\r\n").split(",")]
+    try:
+        frame = pd.read_csv(
+            io.BytesIO(lines), header=None, names=names, dtype=str, na_filter=False, encoding="utf-8"
+        )
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
+        raise DataValidationError(f"{path}: appended rows do not parse as CSV: {error}") from error
+    return frame
+
+
+def follow_file(
+    bundle: Bundle,
+    path: Path,
+    out: Path,
+    *,
+    runtime: str = "auto",
+    batch_size: int | None = None,
+    poll_seconds: float = 0.5,
+    idle_timeout: float = 0.0,
+    summary_path: Path | None = None,
+) -> DetectionResult:
+    """Score a growing CSV file, appending predictions to ``out`` after every new batch of rows.
+
+    Returns the totals when the file has been idle for ``idle_timeout``
+    seconds or the process receives SIGINT or SIGTERM. The summary file is
+    rewritten after every batch, so it is current while the command runs.
+    """
+    started = time.perf_counter()
+    detector = FlowDetector(bundle, make_predictor(bundle, runtime, batch_size=batch_size))
+    logger.info("follow: scoring %s as rows arrive (W=%d, runtime %s)", path, detector.window, detector.predictor.name)
+    written_header = False
+    kept: list[pd.DataFrame] = []
+    reported = 0
+    for frame in follow_chunks(path, poll_seconds=poll_seconds, idle_timeout=idle_timeout):
+        predictions = detector.process(frame, str(path))
+        _write_prediction_rows(predictions, out, header=not written_header, mode="a" if written_header else "w")
+        written_header = True
+        kept.append(predictions)
+        for episode in detector.episodes[reported:]:
+            _print_alert(episode)
+        reported = len(detector.episodes)
+        if summary_path is not None:
+            _write_summary(_result(detector, predictions, str(path), time.perf_counter() - started), summary_path)
+    detector.finish()
+    for episode in detector.episodes[reported:]:
+        _print_alert(episode)
+    if not written_header:
+        _write_prediction_rows(detector._empty_predictions(pd.DataFrame()), out, header=True, mode="w")
+    all_predictions = pd.concat(kept, ignore_index=True) if kept else detector._empty_predictions(pd.DataFrame())
+    return _result(detector, all_predictions, str(path), time.perf_counter() - started)
+
+
+def _print_alert(episode: Episode) -> None:
+    print(
+        f"alert: rows {episode.first_row}-{episode.last_row}: {episode.predicted} "
+        f"({episode.flows} flows, peak attack probability {episode.peak_probability:.3f})",
+        flush=True,
+    )
+
+
+def _write_summary(result: DetectionResult, path: Path) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(result.to_summary(), indent=2) + "\n", encoding="utf-8")
+    temporary.replace(path)
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m client.detect",
+        description="Score a flow CSV with a signed model bundle and write per-flow predictions.",
+    )
+    parser.add_argument("--model", required=True, type=Path, help="bundle folder or .tar.gz archive")
+    parser.add_argument("--input", required=True, type=Path, help="flow CSV (plain or gzip) in capture order")
+    parser.add_argument("--out", required=True, type=Path, help="predictions CSV to write")
+    parser.add_argument("--summary", type=Path, help="also write the summary (counts, episodes) as JSON here")
+    parser.add_argument(
+        "--public-key",
+        type=Path,
+        help=f"coordinator's public key PEM (default: the file named by ${PUBLIC_KEY_ENV})",
+    )
+    parser.add_argument(
+        "--allow-unsigned",
+        action="store_true",
+        help="load a bundle without a valid signature check (development only; checksums are still checked)",
+    )
+    parser.add_argument("--runtime", choices=RUNTIMES, default="auto", help="inference runtime (default: auto)")
+    parser.add_argument("--batch-size", type=int, help="windows per runtime call (default: runtime's own)")
+    parser.add_argument("--follow", action="store_true", help="keep reading rows appended to --input")
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=0.0,
+        help="with --follow, stop after this many seconds without a new row (default: 0, run until interrupted)",
+    )
+    parser.add_argument(
+        "--poll-seconds", type=float, default=0.5, help="with --follow, seconds between checks for new rows"
+    )
+    return parser
+
+
+def _one_line(result: DetectionResult) -> str:
+    attack_flows = sum(count for name, count in result.class_counts.items() if name != result.normal_class)
+    verified = "signature verified" if result.signature_verified else "signature NOT verified"
+    return (
+        f"detect: scored {result.rows_scored} of {result.rows_read} flows from {result.source}: "
+        f"{attack_flows} predicted as attack in {len(result.episodes)} episode(s); "
+        f"model {result.model_version} ({verified}), runtime {result.runtime}, {result.seconds:.2f} s"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status (0 success, 1 bad input or bundle, 2 bad arguments)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        if args.batch_size is not None and args.batch_size < 1:
+            raise DataValidationError(f"--batch-size must be at least 1, got {args.batch_size}")
+        public_key = load_public_key(args.public_key) if args.public_key is not None else None
+        bundle = load_bundle(args.model, public_key, require_signature=not args.allow_unsigned)
+        if args.follow:
+            signal.signal(signal.SIGINT, _Stop.handle)
+            signal.signal(signal.SIGTERM, _Stop.handle)
+            result = follow_file(
+                bundle,
+                args.input,
+                args.out,
+                runtime=args.runtime,
+                batch_size=args.batch_size,
+                poll_seconds=args.poll_seconds,
+                idle_timeout=args.idle_timeout,
+                summary_path=args.summary,
+            )
+        else:
+            result = detect_file(bundle, args.input, runtime=args.runtime, batch_size=args.batch_size)
+            result.write_predictions(args.out)
+        if args.summary is not None:
+            _write_summary(result, args.summary)
+    except (FedIDSError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(_one_line(result))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,378 @@
+"""Detection at a site: windows, predictions, episodes, column checks, --follow and real-data scores."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from client.detect import FlowDetector, detect_file, detect_frame
+from common.bundle import Bundle, load_bundle
+from common.exceptions import DataFileNotFoundError, DataValidationError
+from common.inference import KerasPredictor, OnnxPredictor, make_predictor
+from common.loading import clean_flows, read_flow_csv
+from common.windows import make_windows
+from server.registry import Registry
+from server.signing import generate_keypair, load_private_key
+from tests.bundle_helpers import train_wustl_round, write_toy_dataset, write_toy_round
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Floor on the attack F1 of a small model on unseen WUSTL rows. A detector
+#: that flags flows at random at the attack rate (about 12%) scores about 0.12.
+F1_FLOOR = 0.6
+
+
+class LastFlowPredictor:
+    """Stand-in runtime: the attack probability is the scaled ``a`` of each window's last flow."""
+
+    name = "last-flow"
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        attack = X[:, -1, 0].astype(np.float32)
+        return np.column_stack([1.0 - attack, attack])
+
+
+def toy_bundle(folder: Path, window: int, key: Ed25519PrivateKey, export_onnx: bool = False) -> Bundle:
+    registry = Registry(folder / "registry")
+    entry = registry.publish(
+        write_toy_round(folder / f"round-w{window}", window=window),
+        run_id=f"toy-w{window}",
+        server_round=1,
+        signing_key=key,
+        dataset_file=write_toy_dataset(folder),
+        export_onnx=export_onnx,
+    )
+    return load_bundle(Path(entry["path"]), public_key=key.public_key())
+
+
+@pytest.fixture(scope="module")
+def key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+@pytest.fixture(scope="module")
+def bundle_w1(tmp_path_factory: pytest.TempPathFactory, key: Ed25519PrivateKey) -> Bundle:
+    return toy_bundle(tmp_path_factory.mktemp("w1"), 1, key)
+
+
+@pytest.fixture(scope="module")
+def bundle_w3(tmp_path_factory: pytest.TempPathFactory, key: Ed25519PrivateKey) -> Bundle:
+    return toy_bundle(tmp_path_factory.mktemp("w3"), 3, key)
+
+
+def toy_frame(a_values: list[float], labels: list[str] | None = None) -> pd.DataFrame:
+    """Raw toy flows as text, the way read_flow_csv delivers them; ``a`` in [0, 10] sets the stand-in's score."""
+    n_rows = len(a_values)
+    frame = pd.DataFrame(
+        {
+            "SrcAddr": [f"10.0.0.{i}" for i in range(n_rows)],
+            "a": [str(value) for value in a_values],
+            "b": ["1"] * n_rows,
+            "flag": ["x"] * n_rows,
+        }
+    )
+    if labels is not None:
+        frame["Label"] = labels
+    return frame
+
+
+def test_detect_frame_episodes_per_flow(bundle_w1: Bundle) -> None:
+    frame = toy_frame([1, 9, 9, 1, 8, 1, 1, 9], labels=["0", "1", "1", "0", "1", "0", "0", "1"])
+
+    result = detect_frame(bundle_w1, frame, predictor=LastFlowPredictor())
+
+    assert result.predictions["row"].tolist() == list(range(8))
+    expected_classes = ["normal", "attack", "attack", "normal", "attack", "normal", "normal", "attack"]
+    assert result.predictions["predicted"].tolist() == expected_classes
+    assert result.predictions["label"].tolist() == expected_classes
+    attack_probability = [0.1, 0.9, 0.9, 0.1, 0.8, 0.1, 0.1, 0.9]
+    np.testing.assert_allclose(result.predictions["attack_probability"], attack_probability, atol=1e-6)
+    np.testing.assert_allclose(result.predictions["probability"], [0.9, 0.9, 0.9, 0.9, 0.8, 0.9, 0.9, 0.9], atol=1e-6)
+    assert result.class_counts == {"normal": 4, "attack": 4}
+    assert [(e.first_row, e.last_row, e.flows, e.predicted) for e in result.episodes] == [
+        (1, 2, 2, "attack"), (4, 4, 1, "attack"), (7, 7, 1, "attack")
+    ]
+    assert [e.peak_probability for e in result.episodes] == pytest.approx([0.9, 0.8, 0.9])
+    assert (result.rows_read, result.rows_scored) == (8, 8)
+
+
+def test_detect_frame_window_leaves_first_rows_unscored(bundle_w3: Bundle) -> None:
+    frame = toy_frame([9, 9, 9, 1, 9, 9])
+
+    result = detect_frame(bundle_w3, frame, predictor=LastFlowPredictor())
+
+    assert result.predictions["row"].tolist() == [2, 3, 4, 5]
+    assert "label" not in result.predictions.columns
+    assert (result.rows_read, result.rows_scored) == (6, 4)
+    summary = result.to_summary()
+    assert summary["unscored_rows"] == {"first_row": 0, "last_row": 1}
+    assert [(e.first_row, e.last_row) for e in result.episodes] == [(2, 2), (4, 5)]
+    json.dumps(summary)
+
+
+def test_flow_detector_chunks_match_whole_frame(bundle_w3: Bundle) -> None:
+    values = [1, 9, 9, 9, 1, 9, 9, 9, 9, 1, 1, 9]
+    whole = detect_frame(bundle_w3, toy_frame(values), predictor=LastFlowPredictor())
+
+    detector = FlowDetector(bundle_w3, LastFlowPredictor())
+    parts = [detector.process(toy_frame(values[start:end]), "<chunk>") for start, end in ((0, 1), (1, 7), (7, 12))]
+    detector.finish()
+
+    chunked = pd.concat(parts, ignore_index=True)
+    pd.testing.assert_frame_equal(chunked, whole.predictions)
+    assert detector.episodes == whole.episodes
+    assert [(e.first_row, e.last_row, e.flows) for e in detector.episodes] == [(2, 3, 2), (5, 8, 4), (11, 11, 1)]
+
+
+def test_detect_frame_names_missing_columns(bundle_w1: Bundle) -> None:
+    frame = toy_frame([1, 2]).drop(columns=["b", "flag"])
+
+    expected = r"missing 2 column\(s\) that model toy-w1/round-001 needs: \['b', 'flag'\]"
+    with pytest.raises(DataValidationError, match=expected):
+        detect_frame(bundle_w1, frame, predictor=LastFlowPredictor())
+
+
+def test_detect_frame_scores_rows_with_infinities(bundle_w1: Bundle) -> None:
+    frame = toy_frame([1, 9, 2])
+    frame.loc[1, "b"] = "inf"
+    frame.loc[2, "b"] = "not-a-number"
+
+    result = detect_frame(bundle_w1, frame, predictor=LastFlowPredictor())
+
+    assert result.rows_scored == 3
+    assert result.predictions["predicted"].tolist() == ["normal", "attack", "normal"]
+
+
+def test_detect_frame_unknown_label_keeps_predictions(bundle_w1: Bundle) -> None:
+    frame = toy_frame([1, 9], labels=["0", "maybe"])
+
+    result = detect_frame(bundle_w1, frame, predictor=LastFlowPredictor())
+
+    assert result.predictions["label"].tolist() == ["", ""]
+    assert result.predictions["predicted"].tolist() == ["normal", "attack"]
+
+
+def test_detect_file_reads_gzip(bundle_w1: Bundle, tmp_path: Path) -> None:
+    path = tmp_path / "flows.csv.gz"
+    with gzip.open(path, "wt") as stream:
+        toy_frame([9, 1, 9]).to_csv(stream, index=False)
+
+    result = detect_file(bundle_w1, path, predictor=LastFlowPredictor())
+    written = pd.read_csv(result.write_predictions(tmp_path / "predictions.csv"))
+
+    assert written["row"].tolist() == [0, 1, 2]
+    assert written["predicted"].tolist() == ["attack", "normal", "attack"]
+    assert result.source == str(path)
+
+
+def test_detect_file_missing_file(bundle_w1: Bundle, tmp_path: Path) -> None:
+    with pytest.raises(DataFileNotFoundError, match="data file not found"):
+        detect_file(bundle_w1, tmp_path / "missing.csv", predictor=LastFlowPredictor())
+
+
+# ---------------------------------------------------------------------------
+# The command, with a real ONNX bundle
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def onnx_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A signed toy bundle with model.onnx (W = 2) and the public key file."""
+    folder = tmp_path_factory.mktemp("onnx")
+    private_path, public_path = generate_keypair(folder / "keys")
+    bundle = toy_bundle(folder, 2, load_private_key(private_path), export_onnx=True)
+    return bundle.path, public_path
+
+
+def _detect_command(*arguments: str) -> list[str]:
+    return [sys.executable, "-m", "client.detect", *arguments]
+
+
+def _environment() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def test_detect_command_writes_predictions(onnx_bundle: tuple[Path, Path], tmp_path: Path) -> None:
+    bundle_path, public_key = onnx_bundle
+    toy_frame([1, 9, 9, 1], labels=["0", "1", "1", "0"]).to_csv(tmp_path / "flows.csv", index=False)
+
+    completed = subprocess.run(
+        _detect_command(
+            "--model", str(bundle_path), "--public-key", str(public_key), "--input", str(tmp_path / "flows.csv"),
+            "--out", str(tmp_path / "predictions.csv"), "--summary", str(tmp_path / "summary.json"),
+        ),
+        cwd=ROOT, env=_environment(), capture_output=True, text=True, timeout=300, check=False,
+    )
+
+    assert completed.returncode == 0, completed.stderr
+    assert "runtime: ONNX Runtime" in completed.stderr
+    assert completed.stdout.startswith("detect: scored 3 of 4 flows")
+    predictions = pd.read_csv(tmp_path / "predictions.csv")
+    assert predictions.columns.tolist() == ["row", "predicted", "probability", "attack_probability", "label"]
+    assert predictions["row"].tolist() == [1, 2, 3]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["signature_verified"] is True
+    assert summary["runtime"] == "onnx"
+    assert sum(summary["class_counts"].values()) == 3
+
+
+def test_detect_command_missing_columns_one_line(onnx_bundle: tuple[Path, Path], tmp_path: Path) -> None:
+    bundle_path, public_key = onnx_bundle
+    toy_frame([1, 9]).drop(columns=["a"]).to_csv(tmp_path / "flows.csv", index=False)
+
+    completed = subprocess.run(
+        _detect_command(
+            "--model", str(bundle_path), "--public-key", str(public_key), "--input", str(tmp_path / "flows.csv"),
+            "--out", str(tmp_path / "predictions.csv"),
+        ),
+        cwd=ROOT, env=_environment(), capture_output=True, text=True, timeout=300, check=False,
+    )
+
+    assert completed.returncode == 1
+    error_lines = [line for line in completed.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1
+    assert "missing 1 column(s) that model toy-w2/round-001 needs: ['a']" in error_lines[0]
+    assert "Traceback" not in completed.stderr
+    assert not (tmp_path / "predictions.csv").exists()
+
+
+def test_detect_command_rejects_tampered_bundle(onnx_bundle: tuple[Path, Path], tmp_path: Path) -> None:
+    bundle_path, public_key = onnx_bundle
+    copy = Path(shutil.copytree(bundle_path, tmp_path / "bundle"))
+    onnx_file = copy / "model.onnx"
+    data = bytearray(onnx_file.read_bytes())
+    data[-10] ^= 0xFF
+    onnx_file.write_bytes(bytes(data))
+    toy_frame([1, 9]).to_csv(tmp_path / "flows.csv", index=False)
+
+    completed = subprocess.run(
+        _detect_command(
+            "--model", str(copy), "--public-key", str(public_key), "--input", str(tmp_path / "flows.csv"),
+            "--out", str(tmp_path / "predictions.csv"),
+        ),
+        cwd=ROOT, env=_environment(), capture_output=True, text=True, timeout=300, check=False,
+    )
+
+    assert completed.returncode == 1
+    assert "model.onnx: SHA-256" in completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+def _wait_for_rows(path: Path, count: int, process: subprocess.Popen[str], limit: float = 120.0) -> int:
+    """Poll the predictions file until it has ``count`` data rows or the process ends; return the rows seen."""
+    deadline = time.monotonic() + limit
+    rows = 0
+    while time.monotonic() < deadline and process.poll() is None:
+        if path.exists():
+            rows = max(len(path.read_text().splitlines()) - 1, 0)
+            if rows >= count:
+                break
+        time.sleep(0.2)
+    return rows
+
+
+def test_detect_follow_scores_appended_rows(onnx_bundle: tuple[Path, Path], tmp_path: Path) -> None:
+    bundle_path, public_key = onnx_bundle
+    lines = toy_frame([1, 9, 9, 1, 9, 9, 9, 1], labels=["0"] * 8).to_csv(index=False).splitlines(keepends=True)
+    traffic, predictions = tmp_path / "live.csv", tmp_path / "predictions.csv"
+    traffic.write_text("".join(lines[:4]))  # header and 3 rows
+    process = subprocess.Popen(
+        _detect_command(
+            "--model", str(bundle_path), "--public-key", str(public_key), "--input", str(traffic),
+            "--out", str(predictions), "--summary", str(tmp_path / "summary.json"),
+            "--follow", "--poll-seconds", "0.1", "--idle-timeout", "4",
+        ),
+        cwd=ROOT, env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        first = _wait_for_rows(predictions, 2, process)
+        with traffic.open("a") as stream:
+            stream.write("".join(lines[4:7]))
+            stream.write(lines[7][:5])  # half a row: must wait for its newline
+            stream.flush()
+            second = _wait_for_rows(predictions, 5, process)
+            stream.write(lines[7][5:] + lines[8])
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+    assert (first, second) == (2, 5)
+    assert process.returncode == 0, stderr
+    written = pd.read_csv(predictions)
+    assert written["row"].tolist() == list(range(1, 8))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["rows_read"] == 8
+    assert summary["rows_scored"] == 7
+    assert "detect: scored 7 of 8 flows" in stdout
+
+
+# ---------------------------------------------------------------------------
+# Real WUSTL-EHMS-2020 data
+# ---------------------------------------------------------------------------
+
+#: Cleaned rows used for training; the rows after them are the unseen held-out slice.
+TRAIN_ROWS = 11_000
+
+
+@pytest.fixture(scope="module")
+def wustl_bundle(tmp_path_factory: pytest.TempPathFactory, wustl_path: Path) -> tuple[Bundle, Path]:
+    """A W = 8 model trained on the first 11,000 WUSTL rows, published and reloaded; plus the held-out CSV."""
+    from common.config import load_dataset_config
+
+    folder = tmp_path_factory.mktemp("wustl")
+    key = Ed25519PrivateKey.generate()
+    round_folder = train_wustl_round(folder / "round-001", wustl_path, window=8, train_rows=TRAIN_ROWS, epochs=3)
+    entry = Registry(folder / "registry").publish(
+        round_folder, run_id="wustl-w8", server_round=1, signing_key=key,
+        dataset_file=load_dataset_config("wustl-ehms-2020").source,
+    )
+    raw = read_flow_csv(wustl_path)
+    held_out = folder / "held-out.csv"
+    raw.iloc[TRAIN_ROWS:].to_csv(held_out, index=False)
+    return load_bundle(Path(entry["archive"]), public_key=key.public_key()), held_out
+
+
+def test_onnx_matches_keras_on_real_windows(wustl_bundle: tuple[Bundle, Path]) -> None:
+    bundle, held_out = wustl_bundle
+    assert bundle.onnx_path is not None
+    frame = read_flow_csv(held_out)
+    detector = FlowDetector(bundle, KerasPredictor(bundle.model))
+    table = clean_flows(frame, detector.config, detector.task, require_labels=False)
+    windows, _ = make_windows(bundle.preprocessor.transform(table.features), None, bundle.preprocessor.window)
+
+    onnx = OnnxPredictor(str(bundle.onnx_path)).predict(windows)
+    keras_probabilities = KerasPredictor(bundle.model).predict(windows)
+
+    assert onnx.shape == keras_probabilities.shape == (len(frame) - 7, 2)
+    assert float(np.max(np.abs(onnx - keras_probabilities))) < 1e-4
+
+
+def test_detect_real_held_out_beats_floor(wustl_bundle: tuple[Bundle, Path]) -> None:
+    bundle, held_out = wustl_bundle
+
+    result = detect_file(bundle, held_out, predictor=make_predictor(bundle, "onnx"))
+
+    predictions = result.predictions
+    assert result.runtime == "onnx"
+    assert result.rows_scored == result.rows_read - 7
+    attack_true = predictions["label"] == "attack"
+    attack_predicted = predictions["predicted"] == "attack"
+    true_positives = int((attack_true & attack_predicted).sum())
+    f1 = 2 * true_positives / (int(attack_true.sum()) + int(attack_predicted.sum()))
+    assert f1 > F1_FLOOR, f"attack F1 {f1:.3f} on {len(predictions)} held-out flows"
+    assert len(result.episodes) > 0
+    assert all(episode.first_row <= episode.last_row for episode in result.episodes)
+    assert sum(episode.flows for episode in result.episodes) == int(attack_predicted.sum())

@@ -1,0 +1,159 @@
+"""The coordinator's registry: publishing, the latest pointer, retention and the ServerApp hook."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from common.bundle import file_sha256, load_bundle
+from common.exceptions import ConfigError, RegistryError
+from server.registry import Registry, RoundPublisher, publisher_from_settings
+from server.signing import generate_keypair, load_private_key
+from tests.bundle_helpers import read_json, write_toy_dataset, write_toy_round
+
+
+@pytest.fixture(scope="module")
+def toy_round(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_toy_round(tmp_path_factory.mktemp("round") / "round-001")
+
+
+@pytest.fixture(scope="module")
+def signing_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def _publish_rounds(
+    registry: Registry, source: Path, key: Ed25519PrivateKey, dataset: Path, val_f1: list[float | None]
+) -> list[dict[str, object]]:
+    entries = []
+    for number, score in enumerate(val_f1, start=1):
+        folder = source.parent / f"scored-{number}"
+        write_toy_round(folder, number, val_f1=score)
+        entries.append(
+            registry.publish(
+                folder, run_id="run-b", server_round=number, signing_key=key, dataset_file=dataset, export_onnx=False
+            )
+        )
+    return entries
+
+
+def test_publish_keeps_last_and_best(tmp_path: Path, toy_round: Path, signing_key: Ed25519PrivateKey) -> None:
+    registry = Registry(tmp_path / "registry", keep_last=2)
+    dataset = write_toy_dataset(tmp_path)
+
+    _publish_rounds(registry, toy_round, signing_key, dataset, [0.9, 0.5, 0.6, 0.4])
+
+    versions = registry.list_versions()
+    assert [entry["version"] for entry in versions] == ["run-b/round-004", "run-b/round-003", "run-b/round-001"]
+    assert [entry["is_latest"] for entry in versions] == [True, False, False]
+    assert [entry["is_best"] for entry in versions] == [False, False, True]
+    pruned = tmp_path / "registry" / "versions" / "run-b"
+    assert not (pruned / "round-002").exists()
+    assert not (pruned / "round-002.tar.gz").exists()
+    assert not (pruned / "round-002.json").exists()
+
+
+def test_publish_moves_latest_pointer(tmp_path: Path, toy_round: Path, signing_key: Ed25519PrivateKey) -> None:
+    registry = Registry(tmp_path / "registry")
+    dataset = write_toy_dataset(tmp_path)
+    assert registry.latest() is None
+
+    _publish_rounds(registry, toy_round, signing_key, dataset, [0.7, 0.6])
+
+    latest = registry.latest()
+    assert latest is not None
+    assert latest["version"] == "run-b/round-002"
+    assert read_json(tmp_path / "registry" / "latest.json")["version"] == "run-b/round-002"
+    # The pointer is renamed into place, so no temporary file is left behind.
+    assert sorted(path.name for path in (tmp_path / "registry").iterdir()) == ["latest.json", "versions"]
+    best = registry.resolve("best")
+    assert best["version"] == "run-b/round-001"
+
+
+def test_publish_entry_describes_archive(tmp_path: Path, toy_round: Path, signing_key: Ed25519PrivateKey) -> None:
+    registry = Registry(tmp_path / "registry")
+
+    entry = registry.publish(
+        toy_round, run_id="run-c", server_round=3, signing_key=signing_key,
+        dataset_file=write_toy_dataset(tmp_path), export_onnx=False,
+    )
+
+    archive = registry.archive_of("run-c/round-003")
+    assert entry["sha256"] == file_sha256(archive)
+    assert entry["bytes"] == archive.stat().st_size
+    assert entry["metrics"]["val_f1"] == 0.8
+    assert entry["metrics"]["f1"] == 0.5
+    assert entry["has_onnx"] is False
+    assert registry.path_of("run-c/round-003") == Path(str(entry["path"]))
+    bundle = load_bundle(archive, public_key=signing_key.public_key(), require_signature=True)
+    assert str(bundle.version) == "run-c/round-003"
+
+
+def test_publish_rejects_duplicate_version(tmp_path: Path, toy_round: Path, signing_key: Ed25519PrivateKey) -> None:
+    registry = Registry(tmp_path / "registry")
+    dataset = write_toy_dataset(tmp_path)
+    registry.publish(
+        toy_round, run_id="run-d", server_round=1, signing_key=signing_key, dataset_file=dataset, export_onnx=False
+    )
+
+    with pytest.raises(RegistryError, match="run-d/round-001 is already published"):
+        registry.publish(
+            toy_round, run_id="run-d", server_round=1, signing_key=signing_key, dataset_file=dataset, export_onnx=False
+        )
+
+
+def test_registry_resolve_unknown_version(tmp_path: Path) -> None:
+    registry = Registry(tmp_path / "registry")
+
+    with pytest.raises(RegistryError, match="run-x/round-001 is not published"):
+        registry.resolve("run-x/round-001")
+    with pytest.raises(RegistryError, match="no latest version"):
+        registry.resolve("latest")
+    with pytest.raises(RegistryError, match=r"invalid bundle version '\.\./etc'"):
+        registry.resolve("../etc")
+
+
+def test_registry_rejects_zero_keep(tmp_path: Path) -> None:
+    with pytest.raises(RegistryError, match="keep_last must be at least 1, got 0"):
+        Registry(tmp_path, keep_last=0)
+
+
+def test_best_ignores_rounds_without_validation(
+    tmp_path: Path, toy_round: Path, signing_key: Ed25519PrivateKey
+) -> None:
+    registry = Registry(tmp_path / "registry", keep_last=1)
+
+    _publish_rounds(registry, toy_round, signing_key, write_toy_dataset(tmp_path), [None, None])
+
+    assert registry.best() is None
+    assert [entry["version"] for entry in registry.list_versions()] == ["run-b/round-002"]
+
+
+def test_publisher_without_key_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="server.registry"):
+        publisher = publisher_from_settings(str(tmp_path), "", 5, "run-e", tmp_path / "toy.toml")
+
+    assert publisher is None
+    assert "model bundles are NOT published" in caplog.text
+
+
+def test_publisher_missing_key_file_fails(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"cannot read the signing key .*server\.signing init"):
+        publisher_from_settings(str(tmp_path), str(tmp_path / "none.key"), 5, "run-e", tmp_path / "toy.toml")
+
+
+def test_round_publisher_logs_failure(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    private_path, _ = generate_keypair(tmp_path / "keys")
+    publisher = RoundPublisher(
+        Registry(tmp_path / "registry"), load_private_key(private_path), "run-f", write_toy_dataset(tmp_path)
+    )
+
+    with caplog.at_level(logging.ERROR, logger="server.registry"):
+        entry = publisher.publish_round(1, tmp_path / "empty-round")
+
+    assert entry is None
+    assert "round 1: registry: publishing failed" in caplog.text
+    assert "model.keras" in caplog.text
