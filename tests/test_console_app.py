@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,18 +15,21 @@ from flask.testing import FlaskClient
 
 from client.console.app import create_console_app
 from client.console.detection import Detector
+from common.bundle import Bundle
 from common.web.app import web_state
 from common.web.settings import MEBIBYTE, WebSettings
-from tests.detect_stand_in import STAND_IN_VERSION, StandInBundle, stand_in_module
 from tests.web_support import (
     ADMIN,
     ANALYST,
+    TOY_VERSION,
+    LastFlowPredictor,
     add_users,
     csrf_token,
     page_token,
     sign_in,
     table_rows,
-    write_flow_csv,
+    toy_signed_bundle,
+    write_toy_traffic,
 )
 
 # Attacks at rows 10-14 and 25-27 of a 60-row file: two alert episodes.
@@ -34,9 +37,13 @@ LABELS = [0] * 10 + [1] * 5 + [0] * 10 + [1] * 3 + [0] * 32
 EXPECTED_EPISODES = [(10, 14, 5), (25, 27, 3)]
 
 
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    return toy_signed_bundle(tmp_path_factory.mktemp("bundle"))
+
+
 @pytest.fixture
-def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
-    monkeypatch.setitem(sys.modules, "client.detect", stand_in_module())
+def app(tmp_path: Path, bundle: Bundle) -> Iterator[Flask]:
     settings = WebSettings(
         instance_dir=tmp_path / "console",
         max_upload_bytes=1 * MEBIBYTE,
@@ -47,7 +54,8 @@ def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
         password_memory_kib=1024,
         password_parallelism=1,
     )
-    console = create_console_app(settings, Detector(StandInBundle()))
+    # The real bundle, loader and detect_file, with a runtime whose predictions the tests choose.
+    console = create_console_app(settings, Detector(bundle, LastFlowPredictor()))
     add_users(console)
     yield console
 
@@ -76,7 +84,7 @@ def _upload(client: FlaskClient, content: bytes, name: str = "traffic.csv", toke
 
 
 def _traffic(tmp_path: Path, labels: list[int] = LABELS) -> bytes:
-    return write_flow_csv(tmp_path / "traffic.csv", labels).read_bytes()
+    return write_toy_traffic(tmp_path / "traffic.csv", labels).read_bytes()
 
 
 def _audit_actions(app: Flask) -> list[str]:
@@ -239,7 +247,7 @@ def test_upload_shows_form_and_model(admin: FlaskClient) -> None:
     html = admin.get("/upload").get_data(as_text=True)
 
     assert 'enctype="multipart/form-data"' in html
-    assert STAND_IN_VERSION in html
+    assert TOY_VERSION in html
     assert "signature verified" in html
 
 
@@ -260,8 +268,6 @@ def test_upload_analyses_file(app: Flask, admin: FlaskClient, tmp_path: Path) ->
 
 
 def test_upload_audit_records_hash_and_model(app: Flask, admin: FlaskClient, tmp_path: Path) -> None:
-    import hashlib
-
     content = _traffic(tmp_path)
     _upload(admin, content)
 
@@ -269,7 +275,7 @@ def test_upload_audit_records_hash_and_model(app: Flask, admin: FlaskClient, tmp
     analysis = next(event for event in events if event.action == "analysis")
     assert analysis.username == ADMIN[0]
     assert analysis.file_sha256 == hashlib.sha256(content).hexdigest()
-    assert analysis.model_version == STAND_IN_VERSION
+    assert analysis.model_version == TOY_VERSION
     assert analysis.file_name == "traffic.csv"
 
 
@@ -394,7 +400,7 @@ HOSTILE_FILES = {
     "binary": (b"\x00\xff\xfe\x00" * 100, "is not UTF-8 text"),
     "empty": (b"", "is empty: it has no header row"),
     "header-only": (b"Dir,Flgs,Label\n", "has a header but no data rows"),
-    "wrong-columns": (b"a,b,c\n1,2,3\n", "missing required column"),
+    "wrong-columns": (b"x,y,z\n1,2,3\n", "missing 3 column(s) that model toy-console/round-001 needs"),
     "ragged": (b"a,b\n1,2,3,4\n", "is not a valid CSV file"),
     "corrupt-gzip": (b"\x1f\x8b\x08\x00garbage-that-is-not-deflate", "cannot be decompressed"),
     "gzip-bomb": (gzip.compress(b"0" * (3 * MEBIBYTE)), "decompresses to more than 2 MiB"),
@@ -417,13 +423,16 @@ def test_upload_hostile_file_gets_error_page(app: Flask, admin: FlaskClient, kin
     assert _audit_actions(app)[0] in ("analysis-failed", "upload-rejected")
 
 
-def test_upload_label_values_unknown(admin: FlaskClient, tmp_path: Path) -> None:
-    content = _traffic(tmp_path).replace(b",Spoofing,1\n", b",Spoofing,7\n", 1)
+def test_upload_unknown_label_leaves_label_blank(admin: FlaskClient, tmp_path: Path) -> None:
+    content = _traffic(tmp_path).replace(b",x,1\n", b",x,7\n", 1)
 
     response = _upload(admin, content)
+    predictions = pd.read_csv(io.BytesIO(admin.get(f"{response.headers['Location']}/predictions.csv").data))
 
-    assert response.status_code == 422
-    assert "has values that task &#39;binary&#39; does not know: &#39;7&#39; (1 row)" in response.get_data(as_text=True)
+    # Labels only annotate the predictions, so an unknown one empties the column instead of failing.
+    assert response.status_code == 303
+    assert predictions["label"].isna().all()
+    assert predictions["predicted"].value_counts().to_dict() == {"normal": 52, "attack": 8}
 
 
 def test_upload_hostile_file_name_is_escaped(admin: FlaskClient, tmp_path: Path) -> None:
@@ -471,7 +480,7 @@ def test_admin_sees_audit_log(admin: FlaskClient, tmp_path: Path) -> None:
 
     for action in ("sign-in", "upload", "analysis"):
         assert f'<span class="tag {action}">{action}</span>' in html
-    assert STAND_IN_VERSION in html
+    assert TOY_VERSION in html
 
 
 def test_admin_creates_and_disables_user(app: Flask, admin: FlaskClient) -> None:

@@ -10,9 +10,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from flask import Flask
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flask.testing import FlaskClient
 
+from common.bundle import Bundle, load_bundle
 from common.web.app import web_state
+from server.registry import Registry
+from tests.bundle_helpers import write_toy_dataset, write_toy_round
+
+#: Version of the bundle built by :func:`toy_signed_bundle`.
+TOY_VERSION = "toy-console/round-001"
 
 ADMIN = ("alice", "correct horse battery")
 ANALYST = ("bob", "staple tree orbit 42")
@@ -92,6 +99,50 @@ def write_flow_csv(path: Path, labels: Sequence[int], seed: int = 0) -> Path:
     frame["Attack Category"] = ["Spoofing" if label else "normal" for label in labels]
     frame["Label"] = list(labels)
     frame[WUSTL_COLUMNS].to_csv(path, index=False)
+    return path
+
+
+class LastFlowPredictor:
+    """Runtime whose attack probability is the scaled ``a`` of each window's last flow, so tests choose it."""
+
+    name = "last-flow"
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        attack = X[:, -1, 0].astype(np.float32)
+        return np.column_stack([1.0 - attack, attack])
+
+
+def toy_signed_bundle(folder: Path) -> Bundle:
+    """Publish the toy model (window 1) to a registry with a fresh key and load the verified bundle."""
+    key = Ed25519PrivateKey.generate()
+    entry = Registry(folder / "registry").publish(
+        write_toy_round(folder / "round-001", window=1),
+        run_id=TOY_VERSION.split("/")[0],
+        server_round=1,
+        signing_key=key,
+        dataset_file=write_toy_dataset(folder),
+        export_onnx=False,
+    )
+    return load_bundle(Path(entry["archive"]), public_key=key.public_key())
+
+
+def write_toy_traffic(path: Path, labels: Sequence[int], seed: int = 0) -> Path:
+    """Write flows of the toy dataset with the given 0/1 labels.
+
+    Column ``a`` is 9 for an attack and 1 otherwise, so :class:`LastFlowPredictor`
+    gives attack probability 0.9 or 0.1 and predicts each flow's own label.
+    """
+    generator = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "SrcAddr": [f"10.0.0.{index % 250}:{index}" for index in range(len(labels))],
+            "a": [9.0 if label else 1.0 for label in labels],
+            "b": np.round(generator.uniform(0, 10, len(labels)), 3),
+            "flag": "x",
+            "Label": list(labels),
+        }
+    )
+    frame.to_csv(path, index=False)
     return path
 
 

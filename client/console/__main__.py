@@ -19,7 +19,11 @@ def _add_console_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, required=True, help="the site's signed model bundle")
     parser.add_argument(
         "--public-key", type=Path, default=None,
-        help="PEM file of the coordinator's signing key (default: the key configured for this site)",
+        help="PEM file of the coordinator's signing key (default: the file named by $FEDIDS_BUNDLE_PUBLIC_KEY)",
+    )
+    parser.add_argument(
+        "--allow-unsigned", action="store_true",
+        help="accept a bundle without a signature or without a key to check it; every page then says so",
     )
 
 
@@ -28,7 +32,9 @@ def _build_app(settings: WebSettings, arguments: argparse.Namespace) -> Flask:
     from client.console.detection import load_detector
     from client.console.timeline import warm_up
 
-    app = create_console_app(settings, load_detector(arguments.model, arguments.public_key))
+    app = create_console_app(
+        settings, load_detector(arguments.model, arguments.public_key, require_signature=not arguments.allow_unsigned)
+    )
     warm_up()
     return app
 

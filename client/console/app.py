@@ -21,6 +21,7 @@ from client.console.analyses import (
 from client.console.detection import Detector
 from client.console.timeline import render_timeline
 from client.console.uploads import SavedUpload, UploadError, check_decompressed_size, save_upload
+from client.detect import DetectionResult
 from common.exceptions import FedIDSError
 from common.web.app import client_address, create_web_app, signed_in_user, web_state
 from common.web.settings import MEBIBYTE, WebSettings
@@ -87,7 +88,7 @@ def _upload_page(error: str = "", status: int = 200) -> ResponseReturnValue:
     )
 
 
-def _result_summary(result: Any) -> dict[str, Any]:
+def _result_summary(result: DetectionResult) -> dict[str, Any]:
     """Copy what the results page needs from a DetectionResult into JSON types."""
     return {
         "class_counts": {str(name): int(count) for name, count in result.class_counts.items()},
@@ -106,6 +107,8 @@ def _result_summary(result: Any) -> dict[str, Any]:
         "rows_read": int(result.rows_read),
         "rows_scored": int(result.rows_scored),
         "seconds": float(result.seconds),
+        "runtime": str(result.runtime),
+        "window": int(result.window),
     }
 
 

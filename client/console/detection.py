@@ -1,18 +1,15 @@
-"""The site's model bundle and the detection path behind the console's upload page.
-
-The detection modules import TensorFlow, which takes seconds, so they are
-imported when the console loads its model rather than when the package is
-imported: ``create-admin`` and ``create-user`` never need them.
-"""
+"""The site's model bundle and the detection path behind the console's upload page."""
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from client.detect import DetectionResult, detect_file
+from common.bundle import Bundle, load_bundle
+from common.inference import Predictor, make_predictor
 
 logger = logging.getLogger(__name__)
 
@@ -25,69 +22,75 @@ class ModelInfo:
     signature_verified: bool
     normal_class: str
     classes: tuple[str, ...]
+    window: int
+    runtime: str
     path: str
 
 
 class Detector:
-    """A loaded model bundle and a lock, so one analysis at a time uses the model.
+    """A verified bundle with its runtime, and a lock so that one analysis at a time uses them.
 
     Parameters
     ----------
-    bundle : common.bundle.Bundle
-        The verified bundle from :func:`common.bundle.load_bundle`.
+    bundle : Bundle
+        From :func:`common.bundle.load_bundle`.
+    predictor : Predictor or None
+        The runtime that scores windows; ``None`` builds it once here with
+        :func:`common.inference.make_predictor` (ONNX Runtime when the bundle
+        has ``model.onnx``, else Keras), so no upload pays for building it.
     """
 
-    # TODO: type `bundle` as common.bundle.Bundle and the result as
-    # client.detect.DetectionResult once the model-distribution modules are on this branch.
-    def __init__(self, bundle: Any) -> None:
+    def __init__(self, bundle: Bundle, predictor: Predictor | None = None) -> None:
         self.bundle = bundle
+        self.predictor = predictor if predictor is not None else make_predictor(bundle)
         self._lock = threading.Lock()
-        preprocessor = bundle.preprocessor
         self.info = ModelInfo(
             version=str(bundle.version),
-            signature_verified=bool(bundle.signature_verified),
-            normal_class=str(preprocessor.normal_class),
-            classes=tuple(str(name) for name in preprocessor.classes),
+            signature_verified=bundle.signature_verified,
+            normal_class=bundle.preprocessor.normal_class,
+            classes=tuple(bundle.preprocessor.classes),
+            window=bundle.preprocessor.window,
+            runtime=self.predictor.name,
             path=str(bundle.path),
         )
 
-    def detect(self, path: Path) -> Any:
+    def detect(self, path: Path) -> DetectionResult:
         """Score one traffic file with :func:`client.detect.detect_file`.
 
         Raises
         ------
         FedIDSError
-            A subclass naming what is wrong with the file, for any file the
-            training loader rejects.
+            A subclass naming what is wrong with the file, for any file that
+            the training loader or the bundle's column check rejects.
         """
-        from client.detect import detect_file
-
         with self._lock:
-            return detect_file(self.bundle, path)
+            return detect_file(self.bundle, path, predictor=self.predictor)
 
 
-def load_detector(model_path: Path, public_key: Path | None) -> Detector:
-    """Load and verify the bundle at ``model_path`` with :func:`common.bundle.load_bundle`.
+def load_detector(model_path: Path, public_key: Path | None, *, require_signature: bool = True) -> Detector:
+    """Load and verify the bundle at ``model_path``, and build its runtime.
 
     Parameters
     ----------
     model_path : Path
-        The bundle folder or archive.
+        The bundle folder or ``.tar.gz`` archive.
     public_key : Path or None
-        PEM file of the coordinator's signing key; ``None`` uses the key configured for this site.
+        PEM file of the coordinator's signing key; ``None`` uses the file
+        named by ``FEDIDS_BUNDLE_PUBLIC_KEY``.
+    require_signature : bool
+        Reject an unsigned bundle or one without a key to check it with.
 
     Raises
     ------
-    FedIDSError
-        ``BundleVerificationError`` naming the file whose signature or hash
-        failed, or another subclass for a missing or malformed bundle.
+    BundleVerificationError
+        Naming the file whose signature or checksum failed, or the missing bundle.
     """
-    # TODO: import at the top once common.bundle.load_bundle is on this branch.
-    bundles = importlib.import_module("common.bundle")
-    bundle = bundles.load_bundle(model_path, public_key=public_key)
+    bundle = load_bundle(model_path, public_key, require_signature=require_signature)
     detector = Detector(bundle)
+    if not detector.info.signature_verified:
+        logger.warning("model: serving %s WITHOUT a verified signature", detector.info.version)
     logger.info(
-        "model: loaded %s from %s (signature %s)",
-        detector.info.version, model_path, "verified" if detector.info.signature_verified else "not verified",
+        "model: loaded %s from %s (W=%d, runtime %s)",
+        detector.info.version, model_path, detector.info.window, detector.info.runtime,
     )
     return detector

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 from pathlib import Path
 from typing import Any, cast
@@ -15,6 +14,7 @@ from common.web.app import create_web_app
 from common.web.charts import figure_to_svg, new_figure
 from common.web.settings import WebSettings
 from server.dashboard.runs import RoundDetail, list_runs, load_run
+from server.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -61,10 +61,7 @@ def _registry_dir() -> Path | None:
 
 def published_versions(registry_dir: Path) -> list[dict[str, Any]]:
     """Return the registry's published versions, newest first, from :meth:`server.registry.Registry.list_versions`."""
-    # TODO: import at the top once server.registry is on this branch.
-    registry = importlib.import_module("server.registry")
-    versions: list[dict[str, Any]] = registry.Registry(registry_dir).list_versions()
-    return versions
+    return Registry(registry_dir).list_versions()
 
 
 def render_round_chart(rounds: list[RoundDetail]) -> str:
