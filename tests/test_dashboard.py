@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flask import Flask
 from flask.testing import FlaskClient
 
-from common.exceptions import FedIDSError
 from common.web.settings import WebSettings
 from server.dashboard.app import create_dashboard_app, render_round_chart
 from server.dashboard.runs import list_runs, load_run, read_history
+from server.registry import Registry
+from tests.bundle_helpers import write_toy_dataset, write_toy_round
 from tests.web_support import ADMIN, ANALYST, add_users, page_token, sign_in, table_rows
 
 SITE_A, SITE_B, SITE_C = 111, 222, 333
@@ -196,8 +196,8 @@ def test_run_page_rounds_and_failures(admin: FlaskClient) -> None:
     html = admin.get("/runs/federated-old").get_data(as_text=True)
 
     rounds = table_rows(html, "rounds-table")
-    assert rounds[0] == ["1", "0.5000", "0.7000", "0.1000", "0.8000", "0.9000", "3", "0", "4.0"]
-    assert rounds[2][1] == "–"
+    assert rounds[0] == ["1", "–", "0.5000", "0.7000", "0.1000", "0.8000", "0.9000", "3", "0", "4.0"]
+    assert rounds[2][2] == "–"
     assert "EmptyDataError: site-2.csv: no rows left after cleaning" in html
     assert "no reply before the round timeout" in html
     assert "Not aggregated: evaluate: 1 valid replies, fewer than min-sites 2" in html
@@ -224,42 +224,57 @@ def test_run_page_unknown_run(admin: FlaskClient) -> None:
     assert admin.get("/runs/nothing-here/chart.svg").status_code == 404
 
 
-def _registry_module(versions: list[dict[str, Any]] | None, error: str = "") -> types.ModuleType:
-    class StandInRegistry:
-        def __init__(self, root: Path) -> None:
-            self.root = root
+@pytest.fixture(scope="module")
+def registry_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real registry with two toy versions: round 1 (validation F1 0.9) and round 2 (0.7, the latest)."""
+    folder = tmp_path_factory.mktemp("registry")
+    registry = Registry(folder / "registry")
+    key = Ed25519PrivateKey.generate()
+    dataset = write_toy_dataset(folder)
+    for number, val_f1 in ((1, 0.9), (2, 0.7)):
+        registry.publish(
+            write_toy_round(folder / f"round-{number:03d}", number, val_f1=val_f1), run_id="fed-1",
+            server_round=number, signing_key=key, dataset_file=dataset, export_onnx=False,
+        )
+    return folder / "registry"
 
-        def list_versions(self) -> list[dict[str, Any]]:
-            if error:
-                raise FedIDSError(error)
-            return versions or []
 
-    module = types.ModuleType("server.registry")
-    module.Registry = StandInRegistry  # type: ignore[attr-defined]
-    return module
+def _dashboard_client(tmp_path: Path, checkpoints: Path, registry: Path | None) -> FlaskClient:
+    settings = WebSettings(
+        instance_dir=tmp_path / "with-registry", password_time_cost=1, password_memory_kib=1024, password_parallelism=1
+    )
+    dashboard = create_dashboard_app(settings, checkpoints, registry)
+    add_users(dashboard)
+    client = dashboard.test_client()
+    sign_in(client, *ADMIN)
+    return client
 
 
-def test_models_page_lists_versions(admin: FlaskClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    versions = [
-        {"version": "fed-1/round-003", "run_id": "fed-1", "round": 3, "created": "2026-12-01T10:05:00Z",
-         "metrics": {"f1": 0.72, "fpr": 0.047, "loss": 0.44}, "is_latest": True, "sha256": "ab" * 32},
-        {"version": "fed-1/round-002", "run_id": "fed-1", "round": 2, "created": "2026-12-01T10:04:00Z",
-         "metrics": {"f1": 0.68}, "is_latest": False, "sha256": "cd" * 32},
+def test_models_page_lists_versions(tmp_path: Path, checkpoints: Path, registry_dir: Path) -> None:
+    client = _dashboard_client(tmp_path, checkpoints, registry_dir)
+
+    rows = table_rows(client.get("/models").get_data(as_text=True), "versions-table")
+
+    assert [row[0] for row in rows] == ["fed-1/round-002 latest", "fed-1/round-001 best"]
+    assert [row[1:3] for row in rows] == [["fed-1", "2"], ["fed-1", "1"]]
+    # Validation F1 as published; test-block F1, FPR and loss from the toy rounds' metrics.
+    assert [row[4:8] for row in rows] == [
+        ["0.7000", "0.5000", "0.0200", "0.3000"],
+        ["0.9000", "0.5000", "0.0200", "0.3000"],
     ]
-    monkeypatch.setitem(sys.modules, "server.registry", _registry_module(versions))
-
-    rows = table_rows(admin.get("/models").get_data(as_text=True), "versions-table")
-
-    assert rows[0][:7] == ["fed-1/round-003 latest", "fed-1", "3", "2026-12-01T10:05:00Z", "0.7200", "0.0470", "0.4400"]
-    assert rows[1][4:7] == ["0.6800", "–", "–"]
+    assert all(len(row[9]) == 64 for row in rows)
 
 
-def test_models_page_registry_error(admin: FlaskClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "server.registry", _registry_module(None, error="index.json is not valid JSON"))
+def test_models_page_registry_error(tmp_path: Path, checkpoints: Path) -> None:
+    registry = tmp_path / "broken-registry"
+    registry.mkdir()
+    (registry / "latest.json").write_text("{not json", encoding="utf-8")
+    client = _dashboard_client(tmp_path, checkpoints, registry)
 
-    html = admin.get("/models").get_data(as_text=True)
+    html = client.get("/models").get_data(as_text=True)
 
-    assert "cannot be read: index.json is not valid JSON" in html
+    assert "cannot be read: registry: cannot read" in html
+    assert "latest.json" in html
 
 
 def test_models_page_without_registry(tmp_path: Path, checkpoints: Path) -> None:
