@@ -11,7 +11,7 @@ import pandas as pd
 from common.web.charts import figure_to_svg, new_figure
 
 #: Points drawn along the file; each shows the highest attack probability of its stretch of flows.
-TIMELINE_BINS = 600
+TIMELINE_BINS = 400
 
 _PALETTE = ("#b3261e", "#e07b00", "#7b3fa0", "#00796b", "#c2185b", "#5d4037")
 
@@ -39,17 +39,19 @@ def render_timeline(predictions: pd.DataFrame, episodes: Sequence[dict[str, Any]
     probability = predictions["attack_probability"].to_numpy(dtype=np.float64)
     if len(rows):
         x, y = _binned_maximum(rows, probability, TIMELINE_BINS)
-        axes.fill_between(x, y, step="mid", color="#9db7d5", linewidth=0)
         axes.plot(x, y, drawstyle="steps-mid", color="#1f5fa8", linewidth=0.8, label="attack probability")
 
+    # A band is at least three bins wide, so a short episode stays visible in a long file.
+    min_width = 3 * (rows[-1] - rows[0] + 1) / TIMELINE_BINS if len(rows) else 1.0
     colours: dict[str, str] = {}
     for episode in episodes:
         name = str(episode["predicted"])
         first_of_class = name not in colours
         colour = colours.setdefault(name, _PALETTE[len(colours) % len(_PALETTE)])
-        # Half a flow on each side, so a one-flow episode still gets a visible band.
+        centre = (episode["first_row"] + episode["last_row"]) / 2
+        half_width = max(episode["last_row"] - episode["first_row"] + 1, min_width) / 2
         axes.axvspan(
-            episode["first_row"] - 0.5, episode["last_row"] + 0.5, color=colour, alpha=0.35, linewidth=0,
+            centre - half_width, centre + half_width, color=colour, alpha=0.35, linewidth=0,
             label=f"alert: {name}" if first_of_class else None,
         )
     axes.set_ylim(0, 1.02)
