@@ -5,17 +5,22 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flask import Flask
 from flask.testing import FlaskClient
 
 from client.console.app import create_console_app
 from client.console.detection import Detector
-from common.bundle import Bundle
+from common.bundle import Bundle, load_bundle
 from common.web.app import web_state
 from common.web.settings import MEBIBYTE, WebSettings
 from tests.web_support import (
@@ -26,11 +31,14 @@ from tests.web_support import (
     add_users,
     csrf_token,
     page_token,
+    publish_toy_bundle,
     sign_in,
     table_rows,
     toy_signed_bundle,
     write_toy_traffic,
 )
+
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 # Attacks at rows 10-14 and 25-27 of a 60-row file: two alert episodes.
 LABELS = [0] * 10 + [1] * 5 + [0] * 10 + [1] * 3 + [0] * 32
@@ -534,3 +542,46 @@ def test_unknown_url_is_404_page(admin: FlaskClient) -> None:
 
     assert response.status_code == 404
     assert "There is no such page or record." in response.get_data(as_text=True)
+
+
+def _write_public_key(key: Ed25519PrivateKey, path: Path) -> Path:
+    path.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return path
+
+
+def test_serve_rejects_bundle_signed_by_other_key(tmp_path: Path) -> None:
+    archive, _ = publish_toy_bundle(tmp_path / "bundle")
+    other_key = _write_public_key(Ed25519PrivateKey.generate(), tmp_path / "other.pem")
+    environment = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
+
+    result = subprocess.run(
+        [sys.executable, "-m", "client.console", "serve", "--port", "0", "--instance-dir", str(tmp_path / "console"),
+         "--model", str(archive), "--public-key", str(other_key)],
+        capture_output=True, text=True, env=environment, cwd=REPOSITORY, timeout=300, check=False,
+    )
+
+    assert result.returncode == 2
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("site-console: error:")]
+    assert len(error_lines) == 1
+    assert "manifest.json" in error_lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_unverified_bundle_is_flagged_on_every_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FEDIDS_BUNDLE_PUBLIC_KEY", raising=False)
+    archive, _ = publish_toy_bundle(tmp_path / "bundle")
+    unverified = load_bundle(archive, None, require_signature=False)
+    settings = WebSettings(
+        instance_dir=tmp_path / "console", password_time_cost=1, password_memory_kib=1024, password_parallelism=1
+    )
+    console = create_console_app(settings, Detector(unverified, LastFlowPredictor()))
+    add_users(console)
+    client = console.test_client()
+    sign_in(client, *ANALYST)
+
+    location = _upload(client, _traffic(tmp_path)).headers["Location"]
+
+    for path in ("/upload", "/analyses", location):
+        assert "signature NOT verified" in client.get(path).get_data(as_text=True), path

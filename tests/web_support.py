@@ -112,8 +112,8 @@ class LastFlowPredictor:
         return np.column_stack([1.0 - attack, attack])
 
 
-def toy_signed_bundle(folder: Path) -> Bundle:
-    """Publish the toy model (window 1) to a registry with a fresh key and load the verified bundle."""
+def publish_toy_bundle(folder: Path) -> tuple[Path, Ed25519PrivateKey]:
+    """Publish the toy model (window 1) to a registry under ``folder``; return its archive and the signing key."""
     key = Ed25519PrivateKey.generate()
     entry = Registry(folder / "registry").publish(
         write_toy_round(folder / "round-001", window=1),
@@ -123,7 +123,13 @@ def toy_signed_bundle(folder: Path) -> Bundle:
         dataset_file=write_toy_dataset(folder),
         export_onnx=False,
     )
-    return load_bundle(Path(entry["archive"]), public_key=key.public_key())
+    return Path(entry["archive"]), key
+
+
+def toy_signed_bundle(folder: Path) -> Bundle:
+    """Publish the toy model and load it back as a verified bundle."""
+    archive, key = publish_toy_bundle(folder)
+    return load_bundle(archive, public_key=key.public_key())
 
 
 def write_toy_traffic(path: Path, labels: Sequence[int], seed: int = 0) -> Path:
