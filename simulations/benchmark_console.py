@@ -8,11 +8,11 @@ Starts ``python -m client.console serve`` on a free loopback port with a new
 instance folder and creates an administrator with a random password. Then it
 drives the system's Chromium (/usr/bin/chromium) through Playwright: sign in,
 choose the file, click upload, and wait for the results page's load event,
-which includes its stylesheet and timeline image. Reports the seconds from the
-click to that event, the Navigation Timing of the upload and the results
-page, the size of each resource of the results page (HTML, stylesheet and
-timeline, uncompressed) and the load average of the machine, as JSON on
-standard output and optionally into ``--out``.
+which includes its stylesheet and timeline image. The JSON report, on standard
+output and optionally in ``--out``, gives the seconds from the click to that
+event and the Navigation Timing of the upload and the results page. It also
+gives the uncompressed size of each resource of the results page (HTML,
+stylesheet and timeline) and the load average of the machine.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ def _add_console_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--allow-unsigned", action="store_true",
-        help="accept a bundle without a signature or without a key to check it; every page then says so",
+        help="accept a bundle without a signature or without a key to verify it; pages then show it as unverified",
     )
 
 

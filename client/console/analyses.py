@@ -107,7 +107,7 @@ class AnalysisStore:
     sessions : sessionmaker
         Session factory of the console's database.
     root : Path
-        Folder that holds one subfolder per analysis.
+        Folder that contains one subfolder per analysis.
     """
 
     def __init__(self, sessions: sessionmaker, root: Path) -> None:

@@ -195,7 +195,7 @@ class AccountStore:
         with self._sessions.begin() as db:
             locked_seconds = self._locked_seconds(db, name, address, now)
             if locked_seconds > 0:
-                logger.warning("sign-in: refused %r from %s, locked for %.0f s", name, address, locked_seconds)
+                logger.warning("sign-in: rejected %r from %s, locked for %.0f s", name, address, locked_seconds)
                 return SignInResult(user=None, locked_seconds=locked_seconds)
 
             user = db.scalar(select(User).where(User.username == name))

@@ -1,4 +1,4 @@
-"""Tables of the web consoles and the engine that holds them.
+"""Tables of the web consoles and the database engine that stores them.
 
 The tables are created on start with ``create_all``; there are no migrations
 yet, so a schema change needs a new database.
@@ -47,7 +47,7 @@ class User(Base):
 
 
 class LoginSession(Base):
-    """A signed-in browser; the cookie holds the token and the table only its SHA-256."""
+    """A signed-in browser. The cookie contains the token, and the table only its SHA-256."""
 
     __tablename__ = "login_sessions"
 
