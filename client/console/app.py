@@ -157,8 +157,9 @@ def _blueprint() -> Blueprint:
         summary = _result_summary(result)
         result.write_predictions(store.predictions_path(analysis_id))
         store.write_result(analysis_id, summary)
-        predictions = store.read_predictions(analysis_id)
-        store.timeline_path(analysis_id).write_text(render_timeline(predictions, summary["episodes"]), encoding="utf-8")
+        store.timeline_path(analysis_id).write_text(
+            render_timeline(result.predictions, summary["episodes"]), encoding="utf-8"
+        )
         attack_flows = sum(
             count for name, count in summary["class_counts"].items() if name != detector.info.normal_class
         )
