@@ -83,6 +83,7 @@ def _train(
         epochs=epochs or config.training.epochs,
         batch_size=config.training.batch_size,
         patience=config.training.patience,
+        monitor=config.training.monitor,
         seed=config.training.seed,
     )
     return model, time.perf_counter() - started, len(history.get("loss", []))
