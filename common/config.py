@@ -124,8 +124,10 @@ class TrainingConfig:
     sample) from which the centralized command picks one on validation data.
     ``window`` is the length that federated training and detection use unless
     a command sets another. ``monitor`` is what early stopping watches:
-    ``"val_loss"`` or ``"val_macro_f1"``. W = 1 is the only valid choice for data without capture
-    order.
+    ``"val_loss"`` or ``"val_macro_f1"``. ``oversample_max_ratio`` caps
+    SMOTE: a class of n training windows grows to at most
+    ``ceil(ratio * n)``; 0 balances every class to the majority count.
+    W = 1 is the only valid choice for data without capture order.
     """
 
     epochs: int = 30
@@ -135,6 +137,7 @@ class TrainingConfig:
     window: int = 1
     window_lengths: tuple[int, ...] = (1,)
     smote_k_neighbors: int = 5
+    oversample_max_ratio: float = 0.0
     seed: int = 42
 
 
@@ -534,6 +537,9 @@ def _parse_training(table: _Reader) -> TrainingConfig:
     windows = table.get("window_lengths", list, list(defaults.window_lengths))
     if not windows or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in windows):
         raise table.fail("window_lengths", f"must be a non-empty list of integers >= 1, got {windows!r}")
+    max_ratio = float(table.get("oversample_max_ratio", (int, float), defaults.oversample_max_ratio))
+    if not (math.isfinite(max_ratio) and (max_ratio == 0 or max_ratio >= 1)):
+        raise table.fail("oversample_max_ratio", f"must be 0 (balance fully) or at least 1, got {max_ratio}")
     monitor = table.get("monitor", str, defaults.monitor)
     if monitor not in MONITORS:
         raise table.fail("monitor", f"must be one of {list(MONITORS)}, got {monitor!r}")
@@ -545,6 +551,7 @@ def _parse_training(table: _Reader) -> TrainingConfig:
         window=table.positive_int("window", defaults.window),
         window_lengths=tuple(sorted(set(windows))),
         smote_k_neighbors=table.positive_int("smote_k_neighbors", defaults.smote_k_neighbors),
+        oversample_max_ratio=max_ratio,
         seed=table.get("seed", int, defaults.seed),
     )
     table.reject_unknown()

@@ -119,6 +119,7 @@ def train_centralized(
         np.concatenate(parts["X_train"]),
         np.concatenate(parts["y_train"]),
         k_neighbors=config.training.smote_k_neighbors,
+        max_ratio=config.training.oversample_max_ratio,
         seed=config.training.seed,
         source="pooled training data",
     )
