@@ -127,6 +127,8 @@ class TrainingConfig:
     ``"val_loss"`` or ``"val_macro_f1"``. ``oversample_max_ratio`` caps
     SMOTE: a class of n training windows grows to at most
     ``ceil(ratio * n)``; 0 balances every class to the majority count.
+    ``local_epochs`` is the epochs each site trains per federated round
+    when the simulation command does not set it.
     W = 1 is the only valid choice for data without capture order.
     """
 
@@ -138,6 +140,7 @@ class TrainingConfig:
     window_lengths: tuple[int, ...] = (1,)
     smote_k_neighbors: int = 5
     oversample_max_ratio: float = 0.0
+    local_epochs: int = 2
     seed: int = 42
 
 
@@ -552,6 +555,7 @@ def _parse_training(table: _Reader) -> TrainingConfig:
         window_lengths=tuple(sorted(set(windows))),
         smote_k_neighbors=table.positive_int("smote_k_neighbors", defaults.smote_k_neighbors),
         oversample_max_ratio=max_ratio,
+        local_epochs=table.positive_int("local_epochs", defaults.local_epochs),
         seed=table.get("seed", int, defaults.seed),
     )
     table.reject_unknown()
