@@ -100,7 +100,7 @@ class SplitConfig:
 class ModelConfig:
     """Layer sizes and optimiser settings of the CNN-LSTM.
 
-    ``normalization`` names the layer between pooling and the LSTM:
+    ``normalization`` names the layer between pooling and the LSTM. It is
     ``"none"``, ``"layer"`` (per-sample layer normalisation, which keeps no
     running statistics and therefore merges across sites like any other
     weight) or ``"batch"`` (batch normalisation).
@@ -123,10 +123,10 @@ class TrainingConfig:
     ``window_lengths`` lists the candidate window lengths W (flows per
     sample) from which the centralized command picks one on validation data.
     ``window`` is the length that federated training and detection use unless
-    a command sets another. ``monitor`` is what early stopping watches:
+    a command sets another. ``monitor`` is what early stopping watches,
     ``"val_loss"`` or ``"val_macro_f1"``. ``oversample_max_ratio`` caps
-    SMOTE: a class of n training windows grows to at most
-    ``ceil(ratio * n)``; 0 balances every class to the majority count.
+    SMOTE, so a class of n training windows grows to at most
+    ``ceil(ratio * n)``. The default 0 balances every class to the majority count.
     ``local_epochs`` is the epochs each site trains per federated round
     when the simulation command does not set it.
     W = 1 is the only valid choice for data without capture order.

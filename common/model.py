@@ -55,10 +55,9 @@ def build_cnn_lstm(
     normalization : {"none", "layer", "batch"}, default="none"
         Normalisation of the pooled convolution features before the LSTM.
         Min-max scaled flow features are mostly near zero, so the
-        convolution's outputs are small and uneven and the LSTM's gates learn
-        slowly; normalising them speeds up training. ``"layer"`` normalises
-        each sample on its own and has no running statistics, so it behaves
-        the same at every site.
+        convolution's outputs are small and uneven and the LSTM learns slowly
+        from them. ``"layer"`` normalises each sample on its own and keeps no
+        running statistics, so it behaves the same at every site.
 
     Returns
     -------
