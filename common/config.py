@@ -30,6 +30,12 @@ DEFAULT_DATA_DIR = Path("data")
 
 MissingValuePolicy = Literal["impute", "drop"]
 
+#: Normalisation layers the CNN-LSTM can place between pooling and the LSTM.
+NORMALIZATIONS = ("none", "layer", "batch")
+
+#: Quantities early stopping can watch on the validation data.
+MONITORS = ("val_loss", "val_macro_f1")
+
 
 @dataclass(frozen=True)
 class TaskConfig:
@@ -92,7 +98,13 @@ class SplitConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Layer sizes and optimiser settings of the CNN-LSTM."""
+    """Layer sizes and optimiser settings of the CNN-LSTM.
+
+    ``normalization`` names the layer between pooling and the LSTM. It is
+    ``"none"``, ``"layer"`` (per-sample layer normalisation, which keeps no
+    running statistics and therefore merges across sites like any other
+    weight) or ``"batch"`` (batch normalisation).
+    """
 
     conv_filters: int = 64
     kernel_size: int = 3
@@ -101,6 +113,7 @@ class ModelConfig:
     dense_units: int = 64
     dropout: float = 0.3
     learning_rate: float = 1e-3
+    normalization: str = "none"
 
 
 @dataclass(frozen=True)
@@ -110,16 +123,24 @@ class TrainingConfig:
     ``window_lengths`` lists the candidate window lengths W (flows per
     sample) from which the centralized command picks one on validation data.
     ``window`` is the length that federated training and detection use unless
-    a command sets another. W = 1 is the only valid choice for data without capture
-    order.
+    a command sets another. ``monitor`` is what early stopping watches,
+    ``"val_loss"`` or ``"val_macro_f1"``. ``oversample_max_ratio`` caps
+    SMOTE, so a class of n training windows grows to at most
+    ``ceil(ratio * n)``. The default 0 balances every class to the majority count.
+    ``local_epochs`` is the epochs each site trains per federated round
+    when the simulation command does not set it.
+    W = 1 is the only valid choice for data without capture order.
     """
 
     epochs: int = 30
     batch_size: int = 256
     patience: int = 5
+    monitor: str = "val_loss"
     window: int = 1
     window_lengths: tuple[int, ...] = (1,)
     smote_k_neighbors: int = 5
+    oversample_max_ratio: float = 0.0
+    local_epochs: int = 2
     seed: int = 42
 
 
@@ -497,6 +518,9 @@ def _parse_model(table: _Reader) -> ModelConfig:
     learning_rate = float(table.get("learning_rate", (int, float), defaults.learning_rate))
     if not learning_rate > 0:
         raise table.fail("learning_rate", f"must be positive, got {learning_rate}")
+    normalization = table.get("normalization", str, defaults.normalization)
+    if normalization not in NORMALIZATIONS:
+        raise table.fail("normalization", f"must be one of {list(NORMALIZATIONS)}, got {normalization!r}")
     model = ModelConfig(
         conv_filters=table.positive_int("conv_filters", defaults.conv_filters),
         kernel_size=table.positive_int("kernel_size", defaults.kernel_size),
@@ -505,6 +529,7 @@ def _parse_model(table: _Reader) -> ModelConfig:
         dense_units=table.positive_int("dense_units", defaults.dense_units),
         dropout=dropout,
         learning_rate=learning_rate,
+        normalization=normalization,
     )
     table.reject_unknown()
     return model
@@ -515,13 +540,22 @@ def _parse_training(table: _Reader) -> TrainingConfig:
     windows = table.get("window_lengths", list, list(defaults.window_lengths))
     if not windows or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in windows):
         raise table.fail("window_lengths", f"must be a non-empty list of integers >= 1, got {windows!r}")
+    max_ratio = float(table.get("oversample_max_ratio", (int, float), defaults.oversample_max_ratio))
+    if not (math.isfinite(max_ratio) and (max_ratio == 0 or max_ratio >= 1)):
+        raise table.fail("oversample_max_ratio", f"must be 0 (balance fully) or at least 1, got {max_ratio}")
+    monitor = table.get("monitor", str, defaults.monitor)
+    if monitor not in MONITORS:
+        raise table.fail("monitor", f"must be one of {list(MONITORS)}, got {monitor!r}")
     training = TrainingConfig(
         epochs=table.positive_int("epochs", defaults.epochs),
         batch_size=table.positive_int("batch_size", defaults.batch_size),
         patience=table.positive_int("patience", defaults.patience),
+        monitor=monitor,
         window=table.positive_int("window", defaults.window),
         window_lengths=tuple(sorted(set(windows))),
         smote_k_neighbors=table.positive_int("smote_k_neighbors", defaults.smote_k_neighbors),
+        oversample_max_ratio=max_ratio,
+        local_epochs=table.positive_int("local_epochs", defaults.local_epochs),
         seed=table.get("seed", int, defaults.seed),
     )
     table.reject_unknown()

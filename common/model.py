@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from common.config import ModelConfig
+from common.config import NORMALIZATIONS, ModelConfig
 from common.exceptions import ModelMismatchError
 
 
@@ -33,6 +33,7 @@ def build_cnn_lstm(
     dense_units: int = 64,
     dropout: float = 0.3,
     learning_rate: float = 1e-3,
+    normalization: str = "none",
 ) -> keras.Model:
     """Build and compile the CNN-LSTM.
 
@@ -51,6 +52,12 @@ def build_cnn_lstm(
         Dropout rate after the LSTM and the dense layer.
     learning_rate : float
         Adam's learning rate, > 0.
+    normalization : {"none", "layer", "batch"}, default="none"
+        Normalisation of the pooled convolution features before the LSTM.
+        Min-max scaled flow features are mostly near zero, so the
+        convolution's outputs are small and uneven and the LSTM learns slowly
+        from them. ``"layer"`` normalises each sample on its own and keeps no
+        running statistics, so it behaves the same at every site.
 
     Returns
     -------
@@ -63,7 +70,7 @@ def build_cnn_lstm(
     ------
     ValueError
         If a size is below 1, ``n_classes`` is below 2, ``dropout`` is outside
-        [0, 1] or ``learning_rate`` is not positive.
+        [0, 1], ``learning_rate`` is not positive or ``normalization`` is unknown.
     """
     if n_features < 1 or window < 1 or n_classes < 2:
         raise ValueError(
@@ -77,6 +84,8 @@ def build_cnn_lstm(
             f"pool_size must be >= 1 and learning_rate > 0; got pool_size={pool_size}, "
             f"learning_rate={learning_rate}"
         )
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {list(NORMALIZATIONS)}, got {normalization!r}")
     inputs = keras.Input(shape=(window, n_features), name="flows")
     if window == 1:
         sequence = keras.layers.Reshape((n_features, 1), name="features_as_sequence")(inputs)
@@ -90,6 +99,10 @@ def build_cnn_lstm(
     )(sequence)
     if sequence_length >= pool_size > 1:
         x = keras.layers.MaxPooling1D(pool_size, name="pool")(x)
+    if normalization == "layer":
+        x = keras.layers.LayerNormalization(name="normalization")(x)
+    elif normalization == "batch":
+        x = keras.layers.BatchNormalization(name="normalization")(x)
     x = keras.layers.LSTM(lstm_units, name="lstm")(x)
     x = keras.layers.Dropout(dropout, name="lstm_dropout")(x)
     x = keras.layers.Dense(dense_units, activation="relu", name="dense")(x)
@@ -120,6 +133,7 @@ def build_model_from_config(
         dense_units=config.dense_units,
         dropout=config.dropout,
         learning_rate=config.learning_rate,
+        normalization=config.normalization,
     )
 
 

@@ -145,6 +145,7 @@ def prepare_split(
             X_train,
             y_train,
             k_neighbors=config.training.smote_k_neighbors,
+            max_ratio=config.training.oversample_max_ratio,
             seed=config.training.seed,
             source=source,
         )

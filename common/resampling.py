@@ -10,6 +10,7 @@ metric.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -42,15 +43,23 @@ def _counts(y: np.ndarray) -> dict[int, int]:
     return {int(c): int(n) for c, n in zip(classes, counts, strict=True)}
 
 
+def _target_count(count: int, majority: int, max_ratio: float) -> int:
+    """Return the size a class of ``count`` samples is oversampled to."""
+    if max_ratio <= 0:
+        return majority
+    return max(count, min(majority, math.ceil(max_ratio * count)))
+
+
 def resample_training(
     X: np.ndarray,
     y: np.ndarray,
     *,
     k_neighbors: int = 5,
+    max_ratio: float = 0.0,
     seed: int = 42,
     source: str = "training data",
 ) -> tuple[np.ndarray, np.ndarray, ResamplingReport]:
-    """Oversample every minority class of the training windows to the majority count.
+    """Oversample every minority class of the training windows towards the majority count.
 
     Parameters
     ----------
@@ -63,6 +72,12 @@ def resample_training(
         Upper bound of SMOTE's neighbour count. It is lowered to the size of
         the smallest minority class minus one, because SMOTE needs
         ``k_neighbors + 1`` samples of each class it oversamples.
+    max_ratio : float, default=0.0
+        When positive, a class of n samples grows to at most
+        ``ceil(max_ratio * n)`` samples instead of the majority count. A
+        hospital whose share of a class is a handful of flows would
+        otherwise train on thousands of copies of those few flows, which
+        drowns what it learns about its common classes; 0 balances fully.
     seed : int, default=42
         Random state of the samplers.
     source : str
@@ -92,8 +107,11 @@ def resample_training(
         )
         return X, y, ResamplingReport("none", None, counts, counts)
 
+    if max_ratio < 0 or not np.isfinite(max_ratio):
+        raise ValueError(f"max_ratio must be 0 (balance fully) or positive, got {max_ratio}")
     majority = max(counts.values())
-    minority = {c: n for c, n in counts.items() if n < majority}
+    targets = {c: _target_count(n, majority, max_ratio) for c, n in counts.items()}
+    minority = {c: n for c, n in counts.items() if targets[c] > n}
     if not minority:
         return X, y, ResamplingReport("none", None, counts, counts)
 
@@ -110,7 +128,7 @@ def resample_training(
             source,
         )
         sampler = RandomOverSampler(
-            sampling_strategy={c: majority for c in singletons}, random_state=seed
+            sampling_strategy={c: targets[c] for c in singletons}, random_state=seed
         )
         flat, y = sampler.fit_resample(flat, y)
 
@@ -128,7 +146,7 @@ def resample_training(
                 min(smote_classes.values()),
             )
         smote = SMOTE(
-            sampling_strategy={c: majority for c in smote_classes},
+            sampling_strategy={c: targets[c] for c in smote_classes},
             k_neighbors=k_used,
             random_state=seed,
         )

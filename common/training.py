@@ -14,6 +14,57 @@ logger = logging.getLogger(__name__)
 #: memory stays small because windows are short.
 PREDICT_BATCH_SIZE = 4096
 
+#: Quantities early stopping can watch, with the direction that is better.
+MONITOR_MODES = {"val_loss": "min", "val_macro_f1": "max"}
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Return the unweighted mean F1 over the classes that occur in ``y_true`` or ``y_pred``.
+
+    Parameters
+    ----------
+    y_true, y_pred : ndarray of shape (n_samples,)
+        True and predicted class indices.
+
+    Returns
+    -------
+    float
+        Macro-F1 in [0, 1]; a class that is predicted but never true, or true
+        but never predicted, counts with F1 0. 0.0 for empty input.
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    if len(y_true) == 0:
+        return 0.0
+    classes = np.union1d(y_true, y_pred)
+    scores = []
+    for label in classes:
+        true_positive = float(np.sum((y_true == label) & (y_pred == label)))
+        predicted = float(np.sum(y_pred == label))
+        actual = float(np.sum(y_true == label))
+        scores.append(2.0 * true_positive / (predicted + actual))
+    return float(np.mean(scores))
+
+
+class ValidationMacroF1(keras.callbacks.Callback):
+    """Add ``val_macro_f1`` (macro-F1 on the validation windows) to each epoch's logs.
+
+    Placed before :class:`keras.callbacks.EarlyStopping` in the callback
+    list, it lets early stopping keep the epoch with the best macro-F1, the
+    score a multi-class detector is judged by, instead of the lowest loss.
+    """
+
+    def __init__(self, X_val: np.ndarray, y_val: np.ndarray) -> None:
+        super().__init__()
+        self.X_val = X_val
+        self.y_val = y_val
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if logs is None:
+            return
+        proba = self.model.predict(self.X_val, batch_size=PREDICT_BATCH_SIZE, verbose=0)
+        logs["val_macro_f1"] = macro_f1(self.y_val, np.asarray(proba).argmax(axis=1))
+
 
 def fit_model(
     model: keras.Model,
@@ -25,10 +76,11 @@ def fit_model(
     epochs: int,
     batch_size: int,
     patience: int | None = None,
+    monitor: str = "val_loss",
     seed: int = 42,
     verbose: int = 0,
 ) -> dict[str, list[float]]:
-    """Train ``model`` in place, with early stopping on validation loss when validation data is given.
+    """Train ``model`` in place, with early stopping on validation data when it is given.
 
     Parameters
     ----------
@@ -36,25 +88,38 @@ def fit_model(
     y_train : ndarray of shape (n_samples,)
     X_val, y_val : ndarrays, optional
         Validation windows. Early stopping restores the weights of the epoch
-        with the lowest validation loss.
+        with the best value of ``monitor``.
     epochs, batch_size, patience : int
         Epoch limit, batch size and epochs without improvement before stopping.
+    monitor : {"val_loss", "val_macro_f1"}, default="val_loss"
+        What early stopping watches: the validation loss (lower is better)
+        or the validation macro-F1 (higher is better).
     seed : int
         Shuffling seed.
 
     Returns
     -------
     dict of str to list of float
-        Keras' per-epoch history (``loss``, ``accuracy``, ``val_loss``, ...).
+        Keras' per-epoch history (``loss``, ``accuracy``, ``val_loss`` and,
+        when watched, ``val_macro_f1``).
+
+    Raises
+    ------
+    ValueError
+        If ``monitor`` is not one of :data:`MONITOR_MODES`.
     """
+    if monitor not in MONITOR_MODES:
+        raise ValueError(f"monitor must be one of {list(MONITOR_MODES)}, got {monitor!r}")
     callbacks: list[Any] = []
     validation = None
     if X_val is not None and y_val is not None and len(y_val) > 0:
         validation = (X_val, y_val)
+        if monitor == "val_macro_f1":
+            callbacks.append(ValidationMacroF1(X_val, y_val))
         if patience:
             callbacks.append(
                 keras.callbacks.EarlyStopping(
-                    monitor="val_loss", patience=patience, restore_best_weights=True
+                    monitor=monitor, mode=MONITOR_MODES[monitor], patience=patience, restore_best_weights=True
                 )
             )
     # Shuffle with a seeded permutation so runs repeat without touching global seeds.

@@ -102,7 +102,11 @@ def run_benchmark(dataset: str, data_dir: Path, repeat: int, windows: Sequence[i
         assert y_train is not None
         started = time.perf_counter()
         X_train, y_train, _ = resample_training(
-            X_train, y_train, k_neighbors=config.training.smote_k_neighbors, seed=config.training.seed
+            X_train,
+            y_train,
+            k_neighbors=config.training.smote_k_neighbors,
+            max_ratio=config.training.oversample_max_ratio,
+            seed=config.training.seed,
         )
         smote_seconds = time.perf_counter() - started
         keras.utils.set_random_seed(config.training.seed)

@@ -83,6 +83,7 @@ def _train(
         epochs=epochs or config.training.epochs,
         batch_size=config.training.batch_size,
         patience=config.training.patience,
+        monitor=config.training.monitor,
         seed=config.training.seed,
     )
     return model, time.perf_counter() - started, len(history.get("loss", []))
@@ -118,6 +119,7 @@ def train_centralized(
         np.concatenate(parts["X_train"]),
         np.concatenate(parts["y_train"]),
         k_neighbors=config.training.smote_k_neighbors,
+        max_ratio=config.training.oversample_max_ratio,
         seed=config.training.seed,
         source="pooled training data",
     )

@@ -81,7 +81,7 @@ def train_and_evaluate(
 ) -> TrainedModel:
     """Build, train and score a CNN-LSTM on one prepared split.
 
-    Early stopping watches the validation loss. With ``table`` given and rows
+    Early stopping watches the configured validation quantity. With ``table`` given and rows
     in capture order, burst-level scores are added to the test metrics.
     """
     window = prepared.preprocessor.window
@@ -99,6 +99,7 @@ def train_and_evaluate(
         epochs=epochs or config.training.epochs,
         batch_size=config.training.batch_size,
         patience=config.training.patience,
+        monitor=config.training.monitor,
         seed=config.training.seed,
         verbose=verbose,
     )

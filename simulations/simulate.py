@@ -99,7 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         help="flows per window (default: the configuration's training.window)",
     )
-    parser.add_argument("--local-epochs", type=positive_int, default=2, help="local epochs per round (default: 2)")
+    parser.add_argument(
+        "--local-epochs",
+        type=positive_int,
+        help="local epochs per round (default: the configuration's training.local_epochs)",
+    )
     parser.add_argument("--epochs", type=positive_int, help="epoch limit of the centralized and local-only models")
     parser.add_argument(
         "--min-sites", type=positive_int, help="minimum sites per round (default: 2, or 1 for a single site)"
@@ -218,6 +222,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(f"--sites and --rounds must be at least 1, got {args.sites} and {args.rounds}")
     seed = config.training.seed if args.seed is None else args.seed
     window = args.window or config.training.window
+    local_epochs = args.local_epochs or config.training.local_epochs
     if not config.capture_order and window != 1:
         raise ConfigError(f"{config.name} has no capture order, so --window must be 1, got {window}")
     site_overrides = _parse_site_files(args.site_file, args.sites)
@@ -278,7 +283,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "task": task.name,
         "num-rounds": args.rounds,
         "window": window,
-        "local-epochs": args.local_epochs,
+        "local-epochs": local_epochs,
         "batch-size": config.training.batch_size,
         "learning-rate": config.model.learning_rate,
         "min-sites": min_sites,
@@ -325,7 +330,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "partition": args.partition,
         "alpha": args.alpha if args.partition == "dirichlet" else None,
         "rounds": args.rounds,
-        "local_epochs": args.local_epochs,
+        "local_epochs": local_epochs,
         "test_rows": len(split.rows("test")),
         "site_rows": [len(share) for share in shares],
         "federation_seconds": federation_seconds,

@@ -124,6 +124,18 @@ def test_config_valid_file_parsed(tmp_path: Path) -> None:
     assert config.model == ModelConfig()
     assert config.top_k_features is None
     assert config.drop_duplicates is True
+    assert config.training.monitor == "val_loss"
+
+
+def test_config_normalization_and_monitor_read(tmp_path: Path) -> None:
+    text = edited("[training]\n", '[model]\nnormalization = "layer"\n\n[training]\nmonitor = "val_macro_f1"\n')
+
+    config = load_dataset_config(write_config(tmp_path, text))
+
+    assert config.model.normalization == "layer"
+    assert config.training.monitor == "val_macro_f1"
+    assert config.training.oversample_max_ratio == 0.0
+    assert config.training.local_epochs == 2
 
 
 def test_config_name_looked_up_in_folder(tmp_path: Path) -> None:
@@ -199,6 +211,10 @@ WRONG_VALUES = [
     ('name = "toy"', 'name = " "', r"'dataset.name' must not be empty"),
     ('classes = ["normal", "Spoofing"]', 'classes = ["normal"]', r"'tasks.category.classes' must list"),
     ('numeric = ["Bytes", "Dur"]', 'numeric = ["Bytes", "Bytes"]', r"'features.numeric' repeats \['Bytes'\]"),
+    ("[training]\n", '[model]\nnormalization = "group"\n\n[training]\n', r"'model.normalization' must be one of"),
+    ("[training]\n", '[training]\nmonitor = "val_f1"\n', r"'training.monitor' must be one of"),
+    ("[training]\n", "[training]\noversample_max_ratio = 0.5\n", r"'training.oversample_max_ratio' must be 0"),
+    ("[training]\n", "[training]\nlocal_epochs = 0\n", r"'training.local_epochs' must be at least 1"),
 ]
 
 

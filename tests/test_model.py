@@ -131,6 +131,50 @@ def test_build_model_from_config_layer_sizes() -> None:
     assert float(model.optimizer.learning_rate) == pytest.approx(0.02)
 
 
+@pytest.mark.parametrize(
+    ("normalization", "layer_type", "extra_weights"),
+    [
+        pytest.param("layer", keras.layers.LayerNormalization, 2, id="layer"),
+        pytest.param("batch", keras.layers.BatchNormalization, 4, id="batch"),
+    ],
+)
+def test_build_cnn_lstm_normalization_before_lstm(
+    normalization: str, layer_type: type, extra_weights: int
+) -> None:
+    plain = build_cnn_lstm(7, 1, 3, **TINY)
+    model = build_cnn_lstm(7, 1, 3, normalization=normalization, **TINY)
+
+    layer = model.get_layer("normalization")
+    assert isinstance(layer, layer_type)
+    names = _layer_names(model)
+    assert names.index("pool") < names.index("normalization") < names.index("lstm")
+    # Layer normalisation adds a scale and an offset; batch normalisation also its two running statistics.
+    assert len(model.weights) == len(plain.weights) + extra_weights
+    assert "normalization" not in _layer_names(plain)
+
+
+def test_build_cnn_lstm_layer_normalization_output_normalised() -> None:
+    model = build_cnn_lstm(8, 1, 2, normalization="layer", **TINY)
+    probe = keras.Model(model.inputs, [model.get_layer("pool").output, model.get_layer("normalization").output])
+    X = np.random.default_rng(2).random((3, 1, 8)).astype(np.float32)
+
+    pooled, normalised = (np.asarray(part) for part in probe.predict(X, verbose=0))
+
+    # Freshly built (scale 1, offset 0), each pooled step is standardised over its filters,
+    # with Keras' default epsilon of 1e-3 added to the variance.
+    mean = pooled.mean(axis=-1, keepdims=True)
+    expected = (pooled - mean) / np.sqrt(pooled.var(axis=-1, keepdims=True) + 1e-3)
+    np.testing.assert_allclose(normalised, expected, atol=1e-4)
+
+
+def test_build_model_from_config_normalization() -> None:
+    config = ModelConfig(conv_filters=4, lstm_units=4, dense_units=4, normalization="layer")
+
+    model = build_model_from_config(4, 8, 2, config)
+
+    assert isinstance(model.get_layer("normalization"), keras.layers.LayerNormalization)
+
+
 def test_set_weights_round_trip() -> None:
     source = build_cnn_lstm(5, 4, 2, **TINY)
     target = build_cnn_lstm(5, 4, 2, **TINY)
@@ -192,6 +236,7 @@ def test_set_weights_mismatch_leaves_model_unchanged() -> None:
         pytest.param({"dropout": 1.5}, r"rate=1\.5", id="dropout-above-1"),
         pytest.param({"kernel_size": 0}, r"kernel_size=0", id="kernel-0"),
         pytest.param({"lstm_units": 0}, r"got 0", id="lstm-units-0"),
+        pytest.param({"normalization": "group"}, r"normalization must be one of .*'group'", id="normalization"),
     ],
 )
 def test_build_cnn_lstm_invalid_arguments(arguments: dict[str, Any], message: str) -> None:

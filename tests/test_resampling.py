@@ -175,3 +175,41 @@ def test_resampling_report_to_dict_string_keys() -> None:
     assert summary["counts_after"] == {"0": 10, "1": 10}
     assert summary["method"] == "smote"
     assert summary["k_neighbors"] == 3
+
+
+def test_resample_training_max_ratio_caps_growth() -> None:
+    X, y = _windows({0: 100, 1: 10, 2: 40, 3: 1}, seed=5)
+
+    _, y_resampled, report = resample_training(X, y, max_ratio=3.0)
+
+    # Class 1: 3 * 10 = 30 < 100; class 2: 3 * 40 = 120 is capped at the majority 100;
+    # class 3 (one sample, random oversampling): 3 * 1 = 3.
+    assert report.counts_after == {0: 100, 1: 30, 2: 100, 3: 3}
+    assert [_count(y_resampled, c) for c in range(4)] == [100, 30, 100, 3]
+    assert report.method == "smote+random"
+
+
+def test_resample_training_max_ratio_rounds_up() -> None:
+    X, y = _windows({0: 50, 1: 7}, seed=6)
+
+    _, _, report = resample_training(X, y, max_ratio=1.5)
+
+    # ceil(1.5 * 7) = 11.
+    assert report.counts_after == {0: 50, 1: 11}
+
+
+def test_resample_training_max_ratio_one_leaves_data_unchanged() -> None:
+    X, y = _windows({0: 20, 1: 5}, seed=7)
+
+    X_resampled, y_resampled, report = resample_training(X, y, max_ratio=1.0)
+
+    assert report.method == "none"
+    assert np.array_equal(X_resampled, X)
+    assert np.array_equal(y_resampled, y)
+
+
+def test_resample_training_negative_max_ratio_rejected() -> None:
+    X, y = _windows({0: 20, 1: 5}, seed=8)
+
+    with pytest.raises(ValueError, match=r"max_ratio must be 0 \(balance fully\) or positive, got -1.0"):
+        resample_training(X, y, max_ratio=-1.0)

@@ -1,0 +1,64 @@
+"""Tests of the shared training loop in common.training."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from common.model import build_cnn_lstm
+from common.training import fit_model, macro_f1
+
+
+def test_macro_f1_three_classes() -> None:
+    y_true = np.array([0, 0, 1, 1, 2])
+    y_pred = np.array([0, 1, 1, 1, 0])
+
+    # Class 0: 1 hit, 2 predicted, 2 true -> 2/4. Class 1: 2 hits, 3 predicted, 2 true -> 4/5.
+    # Class 2: never predicted -> 0.
+    assert macro_f1(y_true, y_pred) == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+
+
+def test_macro_f1_predicted_class_absent_from_truth_counts_zero() -> None:
+    y_true = np.array([0, 0, 0, 0])
+    y_pred = np.array([0, 0, 0, 3])
+
+    # Class 0: 3 hits, 3 predicted, 4 true -> 6/7; class 3 was never true -> 0.
+    assert macro_f1(y_true, y_pred) == pytest.approx((6 / 7 + 0.0) / 2)
+
+
+def test_macro_f1_empty_is_zero() -> None:
+    assert macro_f1(np.array([], dtype=np.int64), np.array([], dtype=np.int64)) == 0.0
+
+
+def _toy(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    X = 0.1 + 0.4 * y[:, None, None] + rng.normal(0.0, 0.05, (n, 1, 5))
+    return X.astype(np.float32), y
+
+
+def test_fit_model_monitor_macro_f1_logged_and_best_restored() -> None:
+    keras.utils.set_random_seed(3)
+    X_train, y_train = _toy(240, 0)
+    X_val, y_val = _toy(60, 1)
+    model = build_cnn_lstm(5, 1, 3, conv_filters=8, lstm_units=8, dense_units=8, dropout=0.0, learning_rate=0.01)
+
+    history = fit_model(
+        model, X_train, y_train, X_val, y_val, epochs=6, batch_size=32, patience=2, monitor="val_macro_f1"
+    )
+
+    scores = history["val_macro_f1"]
+    assert len(scores) == len(history["loss"])
+    assert all(0.0 <= score <= 1.0 for score in scores)
+    # The restored weights are those of the best epoch, so their validation macro-F1 is the best one logged.
+    restored = macro_f1(y_val, model.predict(X_val, verbose=0).argmax(axis=1))
+    assert restored == pytest.approx(max(scores))
+
+
+def test_fit_model_unknown_monitor_rejected() -> None:
+    model = build_cnn_lstm(5, 1, 3, conv_filters=4, lstm_units=4, dense_units=4)
+    X, y = _toy(20, 0)
+
+    with pytest.raises(ValueError, match=r"monitor must be one of \['val_loss', 'val_macro_f1'\], got 'val_f1'"):
+        fit_model(model, X, y, X, y, epochs=1, batch_size=8, patience=1, monitor="val_f1")
