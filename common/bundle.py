@@ -678,7 +678,11 @@ def load_bundle(
     if source.is_file():
         workspace = tempfile.TemporaryDirectory(prefix="fedids-bundle-")
         folder = unpack_bundle(source, Path(workspace.name) / "bundle")
-    elif not source.exists():
+    elif source.exists():
+        # Resolve a link such as a site's "current" now, so that files read
+        # later come from the folder that was verified even if the link moves.
+        folder = source.resolve()
+    else:
         raise BundleVerificationError(f"model bundle not found: {source}; pass a bundle folder or .tar.gz archive")
 
     manifest, verified = verify_bundle(folder, key, require_signature=require_signature)
