@@ -569,6 +569,7 @@ def follow_file(
     poll_seconds: float = 0.5,
     idle_timeout: float = 0.0,
     summary_path: Path | None = None,
+    predictor: Predictor | None = None,
 ) -> DetectionResult:
     """Score a growing CSV file, appending predictions to ``out`` after every new batch of rows.
 
@@ -577,11 +578,12 @@ def follow_file(
     rewritten after every batch, so it is current while the command runs.
     """
     started = time.perf_counter()
-    detector = FlowDetector(bundle, make_predictor(bundle, runtime, batch_size=batch_size))
+    detector = FlowDetector(bundle, _predictor_for(bundle, predictor, runtime, batch_size))
     logger.info("follow: scoring %s as rows arrive (W=%d, runtime %s)", path, detector.window, detector.predictor.name)
     written_header = False
     kept: list[pd.DataFrame] = []
     reported = 0
+    announced_start: int | None = None
     for frame in follow_chunks(path, poll_seconds=poll_seconds, idle_timeout=idle_timeout):
         predictions = detector.process(frame, str(path))
         _write_prediction_rows(predictions, out, header=not written_header, mode="a" if written_header else "w")
@@ -590,6 +592,15 @@ def follow_file(
         for episode in detector.episodes[reported:]:
             _print_alert(episode)
         reported = len(detector.episodes)
+        running = detector.open_episode
+        if running is not None and running.first_row != announced_start:
+            # Announce an attack while it is still going on, not only when it ends.
+            announced_start = running.first_row
+            print(
+                f"alert: attack in progress since row {running.first_row} "
+                f"({running.flows} flows so far, peak attack probability {running.peak_probability:.3f})",
+                flush=True,
+            )
         if summary_path is not None:
             _write_summary(_result(detector, predictions, str(path), time.perf_counter() - started), summary_path)
     detector.finish()

@@ -167,7 +167,7 @@ def _run(command: list[str]) -> str:
 # ---------------------------------------------------------------------------
 
 
-def _publish_bundle(work: Path, data_path: Path, dataset: str, window: int, key: Any) -> Path:
+def publish_benchmark_bundle(work: Path, data_path: Path, dataset: str, window: int, key: Any) -> Path:
     """Train a one-epoch model on the first 70% of the file and publish it as a signed bundle with ONNX."""
     import keras
 
@@ -220,7 +220,7 @@ def run_benchmark(dataset: str, data_dir: Path, windows: Sequence[int], repeat: 
         private_path, public_path = generate_keypair(work / "keys")
         key = load_private_key(private_path)
         for window in windows:
-            bundle_path = _publish_bundle(work, data_path, dataset, window, key)
+            bundle_path = publish_benchmark_bundle(work, data_path, dataset, window, key)
             report.setdefault("bundle_bytes", {})[f"W={window}"] = sum(
                 path.stat().st_size for path in bundle_path.iterdir()
             )
