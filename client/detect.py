@@ -19,8 +19,8 @@ How flows are scored:
   mean instead of dropping the row, and duplicate rows are kept;
 - flows are windowed in file (capture) order. The model decides about the
   last flow of each window of W flows, so the first W - 1 flows of a file
-  (or of a ``--follow`` stream) have no full window and are **not scored**:
-  they get no row in the predictions, ``rows_scored`` is ``rows_read - (W -
+  (or of a ``--follow`` stream) have no full window and are **not scored**.
+  They get no row in the predictions, ``rows_scored`` is ``rows_read - (W -
   1)``, and the summary lists them as ``unscored_rows``. Padding them with
   copies of the first flow would feed the model windows it never saw in
   training;
@@ -68,7 +68,7 @@ WINDOWS_PER_STEP = 65_536
 #: Decimal places of probabilities in the predictions CSV.
 PROBABILITY_DECIMALS = 6
 
-#: Exit status when --follow ends because of SIGINT or SIGTERM after a clean shutdown.
+#: Exit status of a successful run, also when SIGINT or SIGTERM ends --follow.
 EXIT_OK = 0
 
 
@@ -105,11 +105,11 @@ class DetectionResult:
     Attributes
     ----------
     predictions : pandas.DataFrame
-        One row per scored flow: ``row`` (0-based data row of the input),
-        ``predicted`` (class name), ``probability`` (of the predicted class),
-        ``attack_probability`` (1 - probability of the normal class) and,
-        when the input has the bundle's label column, ``label`` (true class,
-        ``""`` where the label is missing).
+        One row per scored flow with the columns ``row`` (0-based data row of
+        the input), ``predicted`` (class name), ``probability`` (of the
+        predicted class) and ``attack_probability`` (1 - probability of the
+        normal class). When the input has the bundle's label column, ``label``
+        is the true class, ``""`` where the label is missing.
     class_counts : dict of str to int
         Predicted class to number of flows, every class listed.
     episodes : list of Episode
@@ -409,7 +409,7 @@ def detect_frame(
         From :func:`common.bundle.load_bundle`.
     frame : pandas.DataFrame of shape (n_rows, n_columns)
         Raw flows in capture order, for example :func:`common.loading.read_flow_csv`
-        output; columns other than the bundle's inputs and label are ignored.
+        output. Columns other than the bundle's inputs and label are ignored.
     source : str
         Name of the input in messages and the summary.
     batch_size : int, optional
@@ -428,7 +428,7 @@ def detect_frame(
     ------
     DataValidationError
         If the frame lacks input columns of the bundle's preprocessing (all
-        of them are named) or a numeric column holds no numbers.
+        of them are named) or a numeric column contains no numbers.
     """
     started = time.perf_counter()
     detector = FlowDetector(bundle, _predictor_for(bundle, predictor, runtime, batch_size))
@@ -636,6 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m client.detect",
         description="Score a flow CSV with a signed model bundle and write per-flow predictions.",
     )
+
     parser.add_argument("--model", required=True, type=Path, help="bundle folder or .tar.gz archive")
     parser.add_argument("--input", required=True, type=Path, help="flow CSV (plain or gzip) in capture order")
     parser.add_argument("--out", required=True, type=Path, help="predictions CSV to write")
@@ -650,6 +651,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="load a bundle without a valid signature check (development only; checksums are still checked)",
     )
+
     parser.add_argument("--runtime", choices=RUNTIMES, default="auto", help="inference runtime (default: auto)")
     parser.add_argument("--batch-size", type=int, help="windows per runtime call (default: runtime's own)")
     parser.add_argument("--follow", action="store_true", help="keep reading rows appended to --input")

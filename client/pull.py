@@ -17,12 +17,15 @@ every checksum) before ``current`` is switched to it in one atomic rename.
 Until then, and whenever anything fails, ``current`` keeps pointing at the
 last verified bundle.
 
-Exit status: 0 when ``current`` holds the requested version (new or
-already there); 75 (``EX_TEMPFAIL``) when the coordinator could not be
-reached and ``current`` still holds the last verified bundle, so a
-scheduler can retry later while detection keeps running; 1 on any other
-failure (wrong token, TLS verification failure, invalid bundle, no bundle
-at all); 2 on invalid arguments.
+Exit status:
+
+- 0 when ``current`` points to the requested version, new or already there;
+- 75 (``EX_TEMPFAIL``) when the coordinator could not be reached and
+  ``current`` still points to the last verified bundle, so a scheduler can
+  retry later while detection keeps running;
+- 1 on any other failure (wrong token, TLS verification failure, invalid
+  bundle, no bundle at all);
+- 2 on invalid arguments.
 """
 
 from __future__ import annotations
@@ -114,7 +117,7 @@ class PullResult:
 
 
 class _UnreachableError(Exception):
-    """The coordinator did not answer: refused, timed out, name not resolved."""
+    """The coordinator did not respond: connection refused, timed out, or host name not resolved."""
 
 
 def _folder_name(version: str) -> str:
@@ -251,7 +254,7 @@ def current_bundle(destination: Path, public_key: Ed25519PublicKey) -> Bundle | 
 
 def _switch_current(destination: Path, folder_name: str) -> None:
     # A symlink created under a temporary name and renamed over the old one
-    # changes atomically, so detection never sees a missing or half-written link.
+    # changes atomically, so detection never reads a missing or half-written link.
     temporary = destination / f".{CURRENT_LINK}.{secrets.token_hex(4)}"
     os.symlink(Path(BUNDLES_DIR) / folder_name, temporary)
     os.replace(temporary, destination / CURRENT_LINK)
@@ -321,7 +324,7 @@ def pull_bundle(
         size = _fetch_and_verify(client, folder, entry, public_key, max_bytes)
     except _UnreachableError as error:
         if current is None:
-            raise PullError(f"{error}, and {folder} holds no verified bundle to fall back to") from error
+            raise PullError(f"{error}, and {folder} contains no verified bundle to fall back to") from error
         logger.warning("pull: %s; keeping the last verified bundle %s", error, current.version)
         return PullResult(
             str(current.version), current.path, updated=False, fallback=True, reason=str(error),

@@ -1,13 +1,13 @@
 """HTTPS service from which hospital sites pull signed model bundles.
 
 Why a small HTTPS service and not Flower: Flower 1.42 moves weights only
-inside a run (ArrayRecords in train and evaluate messages), while a site
-must be able to fetch the current model when no run is active, long after
-training, and keep detecting when the coordinator is down. A plain HTTPS
-GET of one archive does that with the standard library alone
-(``http.server`` and ``ssl``), works through any proxy a hospital allows,
-and adds nothing to trust: the bundle is verified by its Ed25519 signature
-whatever channel brought it. TLS keeps the traffic confidential and
+inside a run (ArrayRecords in train and evaluate messages). A site,
+however, must be able to fetch the current model when no run is active,
+long after training, and keep detecting when the coordinator is down. A
+plain HTTPS GET of one archive does that with the standard library alone
+(``http.server`` and ``ssl``) and works through any proxy a hospital
+allows. The channel adds nothing to trust, because the bundle is verified
+by its Ed25519 signature whatever channel brought it. TLS keeps the traffic confidential and
 proves the coordinator's identity with a certificate issued by the
 deployment's own CA; per-site bearer tokens decide who may download.
 

@@ -194,7 +194,7 @@ def test_pull_unreachable_without_bundle_fails(coordinator: Coordinator, tmp_pat
     completed = _pull(coordinator, tmp_path / "models", url=f"https://127.0.0.1:{_free_port()}")
 
     assert completed.returncode == 1
-    assert "holds no verified bundle to fall back to" in completed.stderr
+    assert "contains no verified bundle to fall back to" in completed.stderr
 
 
 def test_pull_rejects_untrusted_certificate(coordinator: Coordinator, tmp_path: Path) -> None:
