@@ -388,8 +388,12 @@ def _windows(block: np.ndarray, window: int) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
-def _predictor_for(bundle: Bundle, predictor: Predictor | None, runtime: str, batch_size: int | None) -> Predictor:
-    return predictor if predictor is not None else make_predictor(bundle, runtime, batch_size=batch_size)
+def _predictor_for(
+    bundle: Bundle, predictor: Predictor | None, runtime: str, batch_size: int | None, threads: int | None = None
+) -> Predictor:
+    if predictor is not None:
+        return predictor
+    return make_predictor(bundle, runtime, batch_size=batch_size, threads=threads)
 
 
 def detect_frame(
@@ -654,6 +658,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--runtime", choices=RUNTIMES, default="auto", help="inference runtime (default: auto)")
     parser.add_argument("--batch-size", type=int, help="windows per runtime call (default: runtime's own)")
+    parser.add_argument(
+        "--threads", type=int, help="parallel ONNX Runtime workers (default: one per CPU core; ignored by Keras)"
+    )
     parser.add_argument("--follow", action="store_true", help="keep reading rows appended to --input")
     parser.add_argument(
         "--idle-timeout",
@@ -682,10 +689,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        if args.batch_size is not None and args.batch_size < 1:
-            raise DataValidationError(f"--batch-size must be at least 1, got {args.batch_size}")
+        for option, value in (("--batch-size", args.batch_size), ("--threads", args.threads)):
+            if value is not None and value < 1:
+                raise DataValidationError(f"{option} must be at least 1, got {value}")
         public_key = load_public_key(args.public_key) if args.public_key is not None else None
         bundle = load_bundle(args.model, public_key, require_signature=not args.allow_unsigned)
+        predictor = make_predictor(bundle, args.runtime, batch_size=args.batch_size, threads=args.threads)
         if args.follow:
             signal.signal(signal.SIGINT, _Stop.handle)
             signal.signal(signal.SIGTERM, _Stop.handle)
@@ -693,14 +702,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bundle,
                 args.input,
                 args.out,
-                runtime=args.runtime,
-                batch_size=args.batch_size,
                 poll_seconds=args.poll_seconds,
                 idle_timeout=args.idle_timeout,
                 summary_path=args.summary,
+                predictor=predictor,
             )
         else:
-            result = detect_file(bundle, args.input, runtime=args.runtime, batch_size=args.batch_size)
+            result = detect_file(bundle, args.input, predictor=predictor)
             result.write_predictions(args.out)
         if args.summary is not None:
             _write_summary(result, args.summary)
