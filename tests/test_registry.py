@@ -157,3 +157,20 @@ def test_round_publisher_logs_failure(tmp_path: Path, caplog: pytest.LogCaptureF
     assert entry is None
     assert "round 1: registry: publishing failed" in caplog.text
     assert "model.keras" in caplog.text
+
+
+def test_settings_reject_zero_registry_keep() -> None:
+    from server.settings import FederationSettings
+
+    with pytest.raises(ConfigError, match=r"key 'registry-keep' must be at least 1, got 0"):
+        FederationSettings.from_run_config({}, {"registry-keep": 0})
+
+
+def test_settings_default_publishes_nothing() -> None:
+    from server.settings import FederationSettings
+
+    settings = FederationSettings.from_run_config({})
+
+    assert settings.signing_key == ""
+    assert settings.registry_dir == "runs/registry"
+    assert settings.registry_keep == 5
