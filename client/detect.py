@@ -306,6 +306,8 @@ class FlowDetector:
         return names[indices]  # index -1 (missing label) picks the trailing ""
 
     def _update_episodes(self, rows: np.ndarray, predicted: np.ndarray, attack_probability: np.ndarray) -> None:
+        if len(predicted) == 0:
+            return  # nothing scored, so a running episode neither grows nor ends
         attack = predicted != self.normal_index
         if not attack.any():
             self._close()
@@ -555,11 +557,17 @@ def _parse_lines(header: bytes, lines: bytes, path: Path) -> pd.DataFrame:
     """Parse complete CSV lines with every value as text, named by the stripped header."""
     names = [name.strip() for name in header.decode("utf-8").rstrip("\r\n").split(",")]
     try:
-        frame = pd.read_csv(
-            io.BytesIO(lines), header=None, names=names, dtype=str, na_filter=False, encoding="utf-8"
-        )
+        # Without names, the parser rejects a row with more fields than the first;
+        # with names it would silently turn the extra fields into an index.
+        frame = pd.read_csv(io.BytesIO(lines), header=None, dtype=str, na_filter=False, encoding="utf-8")
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
         raise DataValidationError(f"{path}: appended rows do not parse as CSV: {error}") from error
+    if frame.shape[1] != len(names):
+        raise DataValidationError(
+            f"{path}: appended rows have {frame.shape[1]} fields, but the header has {len(names)}; "
+            "the exporter must keep the header's columns"
+        )
+    frame.columns = pd.Index(names)
     return frame
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from client.detect import DetectionResult, FlowDetector, detect_file, detect_frame, follow_file
+from client.detect import DetectionResult, FlowDetector, detect_file, detect_frame, follow_chunks, follow_file
 from common.bundle import Bundle, load_bundle
 from common.exceptions import DataFileNotFoundError, DataValidationError
 from common.inference import KerasPredictor, OnnxPredictor, make_predictor
@@ -408,3 +408,38 @@ def test_detect_real_held_out_beats_floor(wustl_bundle: tuple[Bundle, Path]) -> 
     assert len(result.episodes) > 0
     assert all(episode.first_row <= episode.last_row for episode in result.episodes)
     assert sum(episode.flows for episode in result.episodes) == int(attack_predicted.sum())
+
+
+def test_follow_chunks_rejects_ragged_rows(tmp_path: Path) -> None:
+    traffic = tmp_path / "live.csv"
+    traffic.write_text("a,b,flag\n1,2,x\n1,2,x,extra\n")
+
+    with pytest.raises(DataValidationError, match="appended rows do not parse as CSV"):
+        list(follow_chunks(traffic, poll_seconds=0.01, idle_timeout=0.05))
+
+
+def test_follow_chunks_rejects_extra_fields(tmp_path: Path) -> None:
+    traffic = tmp_path / "live.csv"
+    traffic.write_text("a,b,flag\n1,2,x,extra\n")
+
+    with pytest.raises(DataValidationError, match="appended rows have 4 fields, but the header has 3"):
+        list(follow_chunks(traffic, poll_seconds=0.01, idle_timeout=0.05))
+
+
+def test_follow_chunks_waits_for_complete_lines(tmp_path: Path) -> None:
+    traffic = tmp_path / "live.csv"
+    traffic.write_text("a,b,flag\n1,2,x\n3,4,")  # the last row is still being written
+
+    frames = list(follow_chunks(traffic, poll_seconds=0.01, idle_timeout=0.2))
+
+    assert len(frames) == 1
+    assert frames[0].to_dict("records") == [{"a": "1", "b": "2", "flag": "x"}]
+
+
+def test_follow_chunks_rejects_gzip(tmp_path: Path) -> None:
+    traffic = tmp_path / "live.csv.gz"
+    with gzip.open(traffic, "wt") as stream:
+        stream.write("a,b,flag\n1,2,x\n")
+
+    with pytest.raises(DataValidationError, match="reads plain CSV only"):
+        list(follow_chunks(traffic, poll_seconds=0.01, idle_timeout=0.05))
