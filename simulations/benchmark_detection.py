@@ -111,7 +111,7 @@ def _rate(rows: int, timings: tuple[Sequence[float], Sequence[float]]) -> dict[s
 
 
 def run_worker(bundle_path: Path, public_key: Path, data_path: Path, runtime: str, threads: int | None,
-               repeat: int) -> dict[str, Any]:
+               repeat: int, batch_size: int | None = None) -> dict[str, Any]:
     """Time the detection path of one runtime in this process."""
     from client.detect import FlowDetector, _windows, detect_file
     from common.bundle import load_bundle
@@ -124,6 +124,8 @@ def run_worker(bundle_path: Path, public_key: Path, data_path: Path, runtime: st
         predictor: Any = OnnxPredictor(str(bundle.onnx_path), threads=threads)
     else:
         predictor = make_predictor(bundle, runtime)
+    if batch_size is not None:
+        predictor.batch_size = batch_size
 
     frame = read_flow_csv(data_path)
     n_rows = len(frame)
@@ -140,6 +142,7 @@ def run_worker(bundle_path: Path, public_key: Path, data_path: Path, runtime: st
     return {
         "runtime": runtime,
         "onnx_threads": predictor.threads if runtime == "onnx" else None,
+        "batch_size": predictor.batch_size,
         "window": bundle.preprocessor.window,
         "rows": n_rows,
         "windows": len(windows),
@@ -206,8 +209,14 @@ def publish_benchmark_bundle(work: Path, data_path: Path, dataset: str, window: 
     return Path(entry["path"])
 
 
-def run_benchmark(dataset: str, data_dir: Path, windows: Sequence[int], repeat: int) -> dict[str, Any]:
-    """Build one bundle per window length and measure every runtime in its own worker process."""
+def run_benchmark(
+    dataset: str, data_dir: Path, windows: Sequence[int], repeat: int, batch_sizes: Sequence[int] = ()
+) -> dict[str, Any]:
+    """Build one bundle per window length and measure every runtime in its own worker process.
+
+    ``batch_sizes`` adds runs of ONNX Runtime with one worker and each of
+    these batch sizes, to choose the default batch size.
+    """
     from server.signing import generate_keypair, load_private_key
 
     config = load_dataset_config(dataset)
@@ -224,7 +233,12 @@ def run_benchmark(dataset: str, data_dir: Path, windows: Sequence[int], repeat: 
         "repeat": repeat,
         "results": [],
     }
-    configurations = [("onnx", None), ("onnx", 1), ("keras", None)]
+    configurations: list[tuple[str, int | None, int | None]] = [
+        ("onnx", None, None),
+        ("onnx", 1, None),
+        ("keras", None, None),
+        *(("onnx", 1, size) for size in batch_sizes),
+    ]
     with tempfile.TemporaryDirectory(prefix="fedids-bench-") as folder:
         work = Path(folder)
         private_path, public_path = generate_keypair(work / "keys")
@@ -234,7 +248,7 @@ def run_benchmark(dataset: str, data_dir: Path, windows: Sequence[int], repeat: 
             report.setdefault("bundle_bytes", {})[f"W={window}"] = sum(
                 path.stat().st_size for path in bundle_path.iterdir()
             )
-            for runtime, threads in configurations:
+            for runtime, threads, batch_size in configurations:
                 worker = [
                     sys.executable, str(Path(__file__).resolve()), "--worker", "--bundle", str(bundle_path),
                     "--public-key", str(public_path), "--input", str(data_path), "--runtime", runtime,
@@ -242,8 +256,10 @@ def run_benchmark(dataset: str, data_dir: Path, windows: Sequence[int], repeat: 
                 ]
                 if threads is not None:
                     worker += ["--threads", str(threads)]
+                if batch_size is not None:
+                    worker += ["--batch-size", str(batch_size)]
                 measured = json.loads(_run(worker))
-                if threads is None:
+                if threads is None and batch_size is None:
                     command_report = work / "command.json"
                     _run([
                         sys.executable, str(Path(__file__).resolve()), "--command-report", str(command_report), "--",
@@ -253,7 +269,8 @@ def run_benchmark(dataset: str, data_dir: Path, windows: Sequence[int], repeat: 
                     measured["command"] = json.loads(command_report.read_text())
                 report["results"].append(measured)
                 print(
-                    f"W={window} {runtime}{'' if threads is None else f' threads={threads}'}: "
+                    f"W={window} {runtime}{'' if threads is None else f' threads={threads}'} "
+                    f"batch={measured['batch_size']}: "
                     f"end to end {measured['end_to_end']['median_flows_per_second']:,} flows/s, "
                     f"inference {measured['inference_only']['median_flows_per_second']:,} flows/s, "
                     f"peak {measured['peak_rss_mb']} MB",
@@ -269,6 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", type=Path, help=f"folder with the dataset files (default: ${DATA_DIR_ENV})")
     parser.add_argument("--windows", default="", help="comma-separated window lengths (default: 1 and the configured)")
     parser.add_argument("--repeat", type=int, default=5, help="timed runs per measurement, after one warm-up")
+    parser.add_argument(
+        "--onnx-batch-sizes",
+        default="",
+        help="comma-separated batch sizes to also time with one ONNX Runtime worker (default: none)",
+    )
     parser.add_argument("--out", type=Path, help="also write the JSON report here")
     # Worker mode, used by the driver for one runtime per process.
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -277,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--runtime", default="onnx", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--command-report", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("detect_arguments", nargs="*", help=argparse.SUPPRESS)
     return parser
@@ -288,12 +311,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command_report is not None:
             return run_command(args.command_report, args.detect_arguments)
         if args.worker:
-            measured = run_worker(args.bundle, args.public_key, args.input, args.runtime, args.threads, args.repeat)
+            measured = run_worker(
+                args.bundle, args.public_key, args.input, args.runtime, args.threads, args.repeat, args.batch_size
+            )
             print(json.dumps(measured))
             return 0
         config = load_dataset_config(args.dataset)
         windows = [int(value) for value in args.windows.split(",") if value] or sorted({1, config.training.window})
-        report = run_benchmark(args.dataset, resolve_data_dir(args.data_dir), windows, args.repeat)
+        batch_sizes = [int(value) for value in args.onnx_batch_sizes.split(",") if value]
+        report = run_benchmark(args.dataset, resolve_data_dir(args.data_dir), windows, args.repeat, batch_sizes)
     except (FedIDSError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
