@@ -6,9 +6,9 @@ Example::
         --out runs/bench-detect.json
 
 For every window length the script trains a CNN-LSTM for one epoch on the
-first 70% of the file (the weights do not change the cost of inference),
-publishes it as a signed bundle with model.onnx and then, for each runtime,
-starts a fresh worker process that
+first 70% of the file, because the weights do not change the cost of
+inference. It publishes the model as a signed bundle with model.onnx. Then,
+for each runtime, it starts a fresh worker process that
 
 - times ``detect_file`` end to end on the whole file: read the CSV, clean,
   transform, window, infer, build predictions and episodes (the ``--out``
