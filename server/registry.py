@@ -377,9 +377,19 @@ class Registry:
             export_onnx(model, bundle_dir / ONNX_FILE)
         except ImportError as error:
             logger.warning("registry: %s is published without model.onnx: %s (pip install tf2onnx)", version, error)
-        except (ModelMismatchError, ValueError, RuntimeError) as error:
+        except ModelMismatchError as error:
+            logger.warning("registry: %s is published without model.onnx: %s", version, error)
+        except Exception as error:
+            # model.onnx is optional and sites fall back to Keras, while the
+            # converter can fail in many ways (TensorFlow, tf2onnx, onnx
+            # errors); none of them may stop the round from being published.
             (bundle_dir / ONNX_FILE).unlink(missing_ok=True)
-            logger.warning("registry: %s is published without model.onnx: export failed: %s", version, error)
+            logger.warning(
+                "registry: %s is published without model.onnx: export failed: %s: %s",
+                version,
+                type(error).__name__,
+                error,
+            )
 
     def _point_latest(self, version: str) -> None:
         # Write a uniquely named file, flush it to disk, then rename it over
