@@ -19,8 +19,8 @@ How flows are scored:
   mean instead of dropping the row, and duplicate rows are kept;
 - flows are windowed in file (capture) order. The model decides about the
   last flow of each window of W flows, so the first W - 1 flows of a file
-  (or of a ``--follow`` stream) have no full window and are **not scored**:
-  they get no row in the predictions, ``rows_scored`` is ``rows_read - (W -
+  (or of a ``--follow`` stream) have no full window and are **not scored**.
+  They get no row in the predictions, ``rows_scored`` is ``rows_read - (W -
   1)``, and the summary lists them as ``unscored_rows``. Padding them with
   copies of the first flow would feed the model windows it never saw in
   training;
@@ -68,7 +68,7 @@ WINDOWS_PER_STEP = 65_536
 #: Decimal places of probabilities in the predictions CSV.
 PROBABILITY_DECIMALS = 6
 
-#: Exit status when --follow ends because of SIGINT or SIGTERM after a clean shutdown.
+#: Exit status of a successful run, also when SIGINT or SIGTERM ends --follow.
 EXIT_OK = 0
 
 
@@ -105,11 +105,11 @@ class DetectionResult:
     Attributes
     ----------
     predictions : pandas.DataFrame
-        One row per scored flow: ``row`` (0-based data row of the input),
-        ``predicted`` (class name), ``probability`` (of the predicted class),
-        ``attack_probability`` (1 - probability of the normal class) and,
-        when the input has the bundle's label column, ``label`` (true class,
-        ``""`` where the label is missing).
+        One row per scored flow with the columns ``row`` (0-based data row of
+        the input), ``predicted`` (class name), ``probability`` (of the
+        predicted class) and ``attack_probability`` (1 - probability of the
+        normal class). When the input has the bundle's label column, ``label``
+        is the true class, ``""`` where the label is missing.
     class_counts : dict of str to int
         Predicted class to number of flows, every class listed.
     episodes : list of Episode
@@ -306,6 +306,8 @@ class FlowDetector:
         return names[indices]  # index -1 (missing label) picks the trailing ""
 
     def _update_episodes(self, rows: np.ndarray, predicted: np.ndarray, attack_probability: np.ndarray) -> None:
+        if len(predicted) == 0:
+            return  # nothing scored, so a running episode neither grows nor ends
         attack = predicted != self.normal_index
         if not attack.any():
             self._close()
@@ -388,8 +390,12 @@ def _windows(block: np.ndarray, window: int) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
-def _predictor_for(bundle: Bundle, predictor: Predictor | None, runtime: str, batch_size: int | None) -> Predictor:
-    return predictor if predictor is not None else make_predictor(bundle, runtime, batch_size=batch_size)
+def _predictor_for(
+    bundle: Bundle, predictor: Predictor | None, runtime: str, batch_size: int | None, threads: int | None = None
+) -> Predictor:
+    if predictor is not None:
+        return predictor
+    return make_predictor(bundle, runtime, batch_size=batch_size, threads=threads)
 
 
 def detect_frame(
@@ -409,7 +415,7 @@ def detect_frame(
         From :func:`common.bundle.load_bundle`.
     frame : pandas.DataFrame of shape (n_rows, n_columns)
         Raw flows in capture order, for example :func:`common.loading.read_flow_csv`
-        output; columns other than the bundle's inputs and label are ignored.
+        output. Columns other than the bundle's inputs and label are ignored.
     source : str
         Name of the input in messages and the summary.
     batch_size : int, optional
@@ -428,7 +434,7 @@ def detect_frame(
     ------
     DataValidationError
         If the frame lacks input columns of the bundle's preprocessing (all
-        of them are named) or a numeric column holds no numbers.
+        of them are named) or a numeric column contains no numbers.
     """
     started = time.perf_counter()
     detector = FlowDetector(bundle, _predictor_for(bundle, predictor, runtime, batch_size))
@@ -551,11 +557,17 @@ def _parse_lines(header: bytes, lines: bytes, path: Path) -> pd.DataFrame:
     """Parse complete CSV lines with every value as text, named by the stripped header."""
     names = [name.strip() for name in header.decode("utf-8").rstrip("\r\n").split(",")]
     try:
-        frame = pd.read_csv(
-            io.BytesIO(lines), header=None, names=names, dtype=str, na_filter=False, encoding="utf-8"
-        )
+        # Without names, the parser rejects a row with more fields than the first;
+        # with names it would silently turn the extra fields into an index.
+        frame = pd.read_csv(io.BytesIO(lines), header=None, dtype=str, na_filter=False, encoding="utf-8")
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
         raise DataValidationError(f"{path}: appended rows do not parse as CSV: {error}") from error
+    if frame.shape[1] != len(names):
+        raise DataValidationError(
+            f"{path}: appended rows have {frame.shape[1]} fields, but the header has {len(names)}; "
+            "the exporter must keep the header's columns"
+        )
+    frame.columns = pd.Index(names)
     return frame
 
 
@@ -569,6 +581,7 @@ def follow_file(
     poll_seconds: float = 0.5,
     idle_timeout: float = 0.0,
     summary_path: Path | None = None,
+    predictor: Predictor | None = None,
 ) -> DetectionResult:
     """Score a growing CSV file, appending predictions to ``out`` after every new batch of rows.
 
@@ -577,11 +590,12 @@ def follow_file(
     rewritten after every batch, so it is current while the command runs.
     """
     started = time.perf_counter()
-    detector = FlowDetector(bundle, make_predictor(bundle, runtime, batch_size=batch_size))
+    detector = FlowDetector(bundle, _predictor_for(bundle, predictor, runtime, batch_size))
     logger.info("follow: scoring %s as rows arrive (W=%d, runtime %s)", path, detector.window, detector.predictor.name)
     written_header = False
     kept: list[pd.DataFrame] = []
     reported = 0
+    announced_start: int | None = None
     for frame in follow_chunks(path, poll_seconds=poll_seconds, idle_timeout=idle_timeout):
         predictions = detector.process(frame, str(path))
         _write_prediction_rows(predictions, out, header=not written_header, mode="a" if written_header else "w")
@@ -590,6 +604,15 @@ def follow_file(
         for episode in detector.episodes[reported:]:
             _print_alert(episode)
         reported = len(detector.episodes)
+        running = detector.open_episode
+        if running is not None and running.first_row != announced_start:
+            # Announce an attack while it is still going on, not only when it ends.
+            announced_start = running.first_row
+            print(
+                f"alert: attack in progress since row {running.first_row} "
+                f"({running.flows} flows so far, peak attack probability {running.peak_probability:.3f})",
+                flush=True,
+            )
         if summary_path is not None:
             _write_summary(_result(detector, predictions, str(path), time.perf_counter() - started), summary_path)
     detector.finish()
@@ -625,6 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m client.detect",
         description="Score a flow CSV with a signed model bundle and write per-flow predictions.",
     )
+
     parser.add_argument("--model", required=True, type=Path, help="bundle folder or .tar.gz archive")
     parser.add_argument("--input", required=True, type=Path, help="flow CSV (plain or gzip) in capture order")
     parser.add_argument("--out", required=True, type=Path, help="predictions CSV to write")
@@ -639,8 +663,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="load a bundle without a valid signature check (development only; checksums are still checked)",
     )
+
     parser.add_argument("--runtime", choices=RUNTIMES, default="auto", help="inference runtime (default: auto)")
     parser.add_argument("--batch-size", type=int, help="windows per runtime call (default: runtime's own)")
+    parser.add_argument(
+        "--threads", type=int, help="parallel ONNX Runtime workers (default: one per CPU core; ignored by Keras)"
+    )
     parser.add_argument("--follow", action="store_true", help="keep reading rows appended to --input")
     parser.add_argument(
         "--idle-timeout",
@@ -669,10 +697,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        if args.batch_size is not None and args.batch_size < 1:
-            raise DataValidationError(f"--batch-size must be at least 1, got {args.batch_size}")
+        for option, value in (("--batch-size", args.batch_size), ("--threads", args.threads)):
+            if value is not None and value < 1:
+                raise DataValidationError(f"{option} must be at least 1, got {value}")
         public_key = load_public_key(args.public_key) if args.public_key is not None else None
         bundle = load_bundle(args.model, public_key, require_signature=not args.allow_unsigned)
+        predictor = make_predictor(bundle, args.runtime, batch_size=args.batch_size, threads=args.threads)
         if args.follow:
             signal.signal(signal.SIGINT, _Stop.handle)
             signal.signal(signal.SIGTERM, _Stop.handle)
@@ -680,14 +710,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bundle,
                 args.input,
                 args.out,
-                runtime=args.runtime,
-                batch_size=args.batch_size,
                 poll_seconds=args.poll_seconds,
                 idle_timeout=args.idle_timeout,
                 summary_path=args.summary,
+                predictor=predictor,
             )
         else:
-            result = detect_file(bundle, args.input, runtime=args.runtime, batch_size=args.batch_size)
+            result = detect_file(bundle, args.input, predictor=predictor)
             result.write_predictions(args.out)
         if args.summary is not None:
             _write_summary(result, args.summary)

@@ -60,8 +60,8 @@ from common.exceptions import (
 from common.preprocessing import Preprocessor
 
 if TYPE_CHECKING:
-    # Keras imports TensorFlow, which takes seconds; a site that detects with
-    # ONNX Runtime never needs it, so it is imported only where a model is loaded.
+    # Keras imports TensorFlow, which takes seconds. A site that detects with
+    # ONNX Runtime never needs it, so Keras is imported only where a model is loaded.
     import keras
 
 logger = logging.getLogger(__name__)
@@ -270,7 +270,7 @@ def load_public_key(source: str | os.PathLike[str] | bytes | Ed25519PublicKey) -
     except ValueError as error:
         raise BundleVerificationError(f"{origin} is not a PEM public key: {error}") from error
     if not isinstance(key, Ed25519PublicKey):
-        raise BundleVerificationError(f"{origin} holds a {type(key).__name__}, not an Ed25519 public key")
+        raise BundleVerificationError(f"{origin} contains a {type(key).__name__}, not an Ed25519 public key")
     return key
 
 
@@ -297,7 +297,7 @@ def _bundle_files(folder: Path) -> list[str]:
             continue
         if entry.is_symlink() or not entry.is_file():
             raise BundleVerificationError(
-                f"{folder}: {entry.name} is not a regular file; a bundle holds only regular files"
+                f"{folder}: {entry.name} is not a regular file; a bundle may contain only regular files"
             )
         names.append(entry.name)
     return names
@@ -318,7 +318,7 @@ def write_manifest(folder: str | os.PathLike[str], version: BundleVersion, signe
     Raises
     ------
     BundleVerificationError
-        If a required file is missing or the folder holds something other than regular files.
+        If a required file is missing or the folder contains something other than regular files.
     """
     folder = Path(folder)
     names = _bundle_files(folder)
@@ -516,10 +516,11 @@ def unpack_bundle(
 ) -> Path:
     """Extract a bundle archive into ``destination``, which must not exist yet.
 
-    Every member must be a regular file with a plain name (letters, digits,
-    ``.``, ``_``, ``-``; no folder, no ``..``), appear once, and be at most
-    ``max_member_bytes`` long; at most ``max_members`` members are read. The
-    extracted folder still has to pass :func:`verify_bundle`.
+    Every member must be a regular file with a plain name of letters,
+    digits, ``.``, ``_`` and ``-`` (so no folder and no ``..``). It must
+    appear once and be at most ``max_member_bytes`` long. At most
+    ``max_members`` members are read. The extracted folder still has to
+    pass :func:`verify_bundle`.
 
     Raises
     ------
@@ -678,7 +679,11 @@ def load_bundle(
     if source.is_file():
         workspace = tempfile.TemporaryDirectory(prefix="fedids-bundle-")
         folder = unpack_bundle(source, Path(workspace.name) / "bundle")
-    elif not source.exists():
+    elif source.exists():
+        # Resolve a link such as a site's "current" now, so that files read
+        # later come from the folder that was verified even if the link moves.
+        folder = source.resolve()
+    else:
         raise BundleVerificationError(f"model bundle not found: {source}; pass a bundle folder or .tar.gz archive")
 
     manifest, verified = verify_bundle(folder, key, require_signature=require_signature)

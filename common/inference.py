@@ -30,9 +30,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: Windows per call of the runtime. ONNX Runtime's LSTM was fastest with
-#: batches of a few hundred windows in simulations/benchmark_detection.py,
+#: batches of about a hundred windows on this project's 2-core machine (more did
+#: not fit the LSTM state in the core's cache),
 #: while Keras' predict loop amortises its per-call overhead over larger ones.
-ONNX_BATCH_SIZE = 256
+ONNX_BATCH_SIZE = 128
 KERAS_BATCH_SIZE = 4096
 
 Runtime = Literal["auto", "onnx", "keras"]

@@ -1,10 +1,11 @@
 """Export the global model to ONNX for the sites' fast detection path.
 
 The coordinator exports once per published round and puts ``model.onnx``
-into the signed bundle, instead of each site converting at load time: sites
-then need only onnxruntime (no tf2onnx, no TensorFlow for detection), the
-exported file is covered by the signature like the weights, and the
-agreement check below runs once, where a failure can still be noticed.
+into the signed bundle, instead of each site converting at load time.
+Sites then need only onnxruntime (no tf2onnx, no TensorFlow for detection),
+and the exported file is covered by the signature like the weights. The
+agreement check below runs once, on the coordinator, where an operator
+reads the log.
 """
 
 from __future__ import annotations

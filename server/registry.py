@@ -13,7 +13,7 @@ a reader (the model service) never lists a half-written or half-removed
 version.
 
 Retention keeps the ``keep_last`` most recent versions, the best version by
-validation F1 and the version ``latest.json`` points to; every other version
+validation F1 and the version ``latest.json`` points to. Every other version
 is removed after each publish. "Validation F1" is the federation-wide F1 of
 the attack class on the sites' local validation blocks (the 10% of each
 site's rows between its training and test blocks), summed from the sites'
@@ -278,7 +278,7 @@ class Registry:
             The round's model already in memory, to export without reloading it.
         export_onnx : bool, default=True
             Add model.onnx. If the export fails or disagrees with Keras, the
-            bundle is published without it and a WARNING says why.
+            bundle is published without it, and a WARNING gives the reason.
 
         Returns
         -------
@@ -377,9 +377,19 @@ class Registry:
             export_onnx(model, bundle_dir / ONNX_FILE)
         except ImportError as error:
             logger.warning("registry: %s is published without model.onnx: %s (pip install tf2onnx)", version, error)
-        except (ModelMismatchError, ValueError, RuntimeError) as error:
+        except ModelMismatchError as error:
+            logger.warning("registry: %s is published without model.onnx: %s", version, error)
+        except Exception as error:
+            # model.onnx is optional and sites fall back to Keras, while the
+            # converter can fail in many ways (TensorFlow, tf2onnx, onnx
+            # errors); none of them may stop the round from being published.
             (bundle_dir / ONNX_FILE).unlink(missing_ok=True)
-            logger.warning("registry: %s is published without model.onnx: export failed: %s", version, error)
+            logger.warning(
+                "registry: %s is published without model.onnx: export failed: %s: %s",
+                version,
+                type(error).__name__,
+                error,
+            )
 
     def _point_latest(self, version: str) -> None:
         # Write a uniquely named file, flush it to disk, then rename it over

@@ -10,7 +10,7 @@
 
 ``python -m server.signing fingerprint --key FILE`` prints the SHA-256
 fingerprint of a public or private key, so an operator can compare the key a
-site holds with the coordinator's over the phone.
+site has with the coordinator's over the phone.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     except (ValueError, TypeError) as error:
         raise ConfigError(f"{source} is not an unencrypted PEM private key: {error}") from error
     if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigError(f"{source} holds a {type(key).__name__}, not an Ed25519 private key")
+        raise ConfigError(f"{source} contains a {type(key).__name__}, not an Ed25519 private key")
     return key
 
 

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pandas as pd
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from client.detect import FlowDetector, detect_file, detect_frame
+from client.detect import DetectionResult, FlowDetector, detect_file, detect_frame, follow_chunks, follow_file
 from common.bundle import Bundle, load_bundle
 from common.exceptions import DataFileNotFoundError, DataValidationError
 from common.inference import KerasPredictor, OnnxPredictor, make_predictor
@@ -319,6 +320,37 @@ def test_detect_follow_scores_appended_rows(onnx_bundle: tuple[Path, Path], tmp_
     assert "detect: scored 7 of 8 flows" in stdout
 
 
+def test_follow_file_alerts_across_batches(
+    bundle_w1: Bundle, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = toy_frame([1, 9, 9, 9, 1, 9]).to_csv(index=False).splitlines(keepends=True)
+    traffic, out = tmp_path / "live.csv", tmp_path / "predictions.csv"
+    traffic.write_text("".join(lines[:3]))  # header, rows 0 and 1: an attack starts at row 1
+    outcome: dict[str, DetectionResult] = {}
+    worker = threading.Thread(
+        target=lambda: outcome.update(
+            result=follow_file(
+                bundle_w1, traffic, out, poll_seconds=0.05, idle_timeout=3.0, predictor=LastFlowPredictor()
+            )
+        )
+    )
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not (out.exists() and len(out.read_text().splitlines()) == 3) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with traffic.open("a") as stream:
+        stream.write("".join(lines[3:]))  # rows 2-5: the attack goes on to row 3, another one at row 5
+    worker.join(timeout=120)
+
+    printed = capsys.readouterr().out
+    result = outcome["result"]
+    assert [(e.first_row, e.last_row, e.flows) for e in result.episodes] == [(1, 3, 3), (5, 5, 1)]
+    assert "alert: attack in progress since row 1 (1 flows so far" in printed
+    assert "alert: rows 1-3: attack (3 flows, peak attack probability 0.900)" in printed
+    assert "alert: attack in progress since row 5" in printed
+    assert pd.read_csv(out)["row"].tolist() == list(range(6))
+
+
 # ---------------------------------------------------------------------------
 # Real WUSTL-EHMS-2020 data
 # ---------------------------------------------------------------------------
@@ -376,3 +408,38 @@ def test_detect_real_held_out_beats_floor(wustl_bundle: tuple[Bundle, Path]) -> 
     assert len(result.episodes) > 0
     assert all(episode.first_row <= episode.last_row for episode in result.episodes)
     assert sum(episode.flows for episode in result.episodes) == int(attack_predicted.sum())
+
+
+def test_follow_chunks_rejects_ragged_rows(tmp_path: Path) -> None:
+    traffic = tmp_path / "live.csv"
+    traffic.write_text("a,b,flag\n1,2,x\n1,2,x,extra\n")
+
+    with pytest.raises(DataValidationError, match="appended rows do not parse as CSV"):
+        list(follow_chunks(traffic, poll_seconds=0.01, idle_timeout=0.05))
+
+
+def test_follow_chunks_rejects_extra_fields(tmp_path: Path) -> None:
+    traffic = tmp_path / "live.csv"
+    traffic.write_text("a,b,flag\n1,2,x,extra\n")
+
+    with pytest.raises(DataValidationError, match="appended rows have 4 fields, but the header has 3"):
+        list(follow_chunks(traffic, poll_seconds=0.01, idle_timeout=0.05))
+
+
+def test_follow_chunks_waits_for_complete_lines(tmp_path: Path) -> None:
+    traffic = tmp_path / "live.csv"
+    traffic.write_text("a,b,flag\n1,2,x\n3,4,")  # the last row is still being written
+
+    frames = list(follow_chunks(traffic, poll_seconds=0.01, idle_timeout=0.2))
+
+    assert len(frames) == 1
+    assert frames[0].to_dict("records") == [{"a": "1", "b": "2", "flag": "x"}]
+
+
+def test_follow_chunks_rejects_gzip(tmp_path: Path) -> None:
+    traffic = tmp_path / "live.csv.gz"
+    with gzip.open(traffic, "wt") as stream:
+        stream.write("a,b,flag\n1,2,x\n")
+
+    with pytest.raises(DataValidationError, match="reads plain CSV only"):
+        list(follow_chunks(traffic, poll_seconds=0.01, idle_timeout=0.05))

@@ -157,3 +157,43 @@ def test_round_publisher_logs_failure(tmp_path: Path, caplog: pytest.LogCaptureF
     assert entry is None
     assert "round 1: registry: publishing failed" in caplog.text
     assert "model.keras" in caplog.text
+
+
+def test_settings_reject_zero_registry_keep() -> None:
+    from server.settings import FederationSettings
+
+    with pytest.raises(ConfigError, match=r"key 'registry-keep' must be at least 1, got 0"):
+        FederationSettings.from_run_config({}, {"registry-keep": 0})
+
+
+def test_settings_default_publishes_nothing() -> None:
+    from server.settings import FederationSettings
+
+    settings = FederationSettings.from_run_config({})
+
+    assert settings.signing_key == ""
+    assert settings.registry_dir == "runs/registry"
+    assert settings.registry_keep == 5
+
+
+def test_publish_without_onnx_when_export_fails(
+    tmp_path: Path, toy_round: Path, signing_key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import server.export
+
+    def failing_export(*args: object, **kwargs: object) -> float:
+        raise KeyError("unsupported op")
+
+    monkeypatch.setattr(server.export, "export_onnx", failing_export)
+    registry = Registry(tmp_path / "registry")
+
+    with caplog.at_level(logging.WARNING, logger="server.registry"):
+        entry = registry.publish(
+            toy_round, run_id="run-g", server_round=1, signing_key=signing_key,
+            dataset_file=write_toy_dataset(tmp_path),
+        )
+
+    assert entry["has_onnx"] is False
+    assert "published without model.onnx: export failed: KeyError" in caplog.text
+    assert load_bundle(Path(str(entry["path"])), public_key=signing_key.public_key()).onnx_path is None

@@ -1,0 +1,251 @@
+"""Pulling bundles over real HTTPS on loopback: tokens, TLS, verification and fallback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from client.pull import ModelServiceClient, pull_bundle
+from common.bundle import file_sha256, load_bundle, load_public_key, pack_bundle
+from common.exceptions import PullError
+from server.model_service import add_site, revoke_site, token_hash
+from server.registry import Registry
+from server.signing import generate_keypair, load_private_key
+from tests.bundle_helpers import write_toy_dataset, write_toy_round
+from tests.tls_helpers import write_test_pki
+
+ROOT = Path(__file__).resolve().parent.parent
+
+@dataclass
+class Coordinator:
+    """A running model service and everything a site needs to reach it."""
+
+    url: str
+    ca: Path
+    public_key: Path
+    token_file: Path
+    tokens: Path
+    registry: Registry
+    process: subprocess.Popen[str]
+    work: Path
+
+
+def _environment() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coordinator]:
+    work = tmp_path_factory.mktemp("coordinator")
+    private_key, public_key = generate_keypair(work / "keys")
+    registry = Registry(work / "registry", keep_last=5)
+    dataset = write_toy_dataset(work)
+    for number in (1, 2):
+        registry.publish(
+            write_toy_round(work / f"round-{number}", number, val_f1=0.5 + number / 10, seed=number),
+            run_id="run-p", server_round=number, signing_key=load_private_key(private_key),
+            dataset_file=dataset, export_onnx=False,
+        )
+    ca, cert, key = write_test_pki(work / "tls")
+    tokens = work / "site-tokens.json"
+    token_file = work / "hospital-a.token"
+    token_file.write_text(add_site(tokens, "hospital-a") + "\n")
+    token_file.chmod(0o600)
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "server.model_service", "serve", "--registry", str(work / "registry"),
+            "--tokens", str(tokens), "--cert", str(cert), "--key", str(key), "--host", "127.0.0.1", "--port", "0",
+        ],
+        cwd=ROOT, env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    # A service that fails to start exits, so readline returns "" instead of blocking.
+    if not line.startswith("serve: listening on https://127.0.0.1:"):
+        process.kill()
+        pytest.fail(f"model service did not start: {line}{process.communicate()[1]}")
+    url = line.split()[3]
+    try:
+        yield Coordinator(url, ca, public_key, token_file, tokens, registry, process, work)
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+
+
+def _pull(coordinator: Coordinator, destination: Path, *extra: str, url: str | None = None,
+          token_file: Path | None = None, ca: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable, "-m", "client.pull", "--url", url or coordinator.url,
+            "--token-file", str(token_file or coordinator.token_file), "--ca", str(ca or coordinator.ca),
+            "--public-key", str(coordinator.public_key), "--to", str(destination), "--timeout", "10", *extra,
+        ],
+        cwd=ROOT, env=_environment(), capture_output=True, text=True, timeout=120, check=False,
+    )
+
+
+def _client(coordinator: Coordinator, token: str | None = None) -> ModelServiceClient:
+    return ModelServiceClient(coordinator.url, token or coordinator.token_file.read_text().strip(), coordinator.ca)
+
+
+def test_pull_latest_over_https(coordinator: Coordinator, tmp_path: Path) -> None:
+    completed = _pull(coordinator, tmp_path / "models")
+
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.startswith("pull: run-p/round-002 verified and now current")
+    bundle = load_bundle(tmp_path / "models" / "current", public_key=coordinator.public_key)
+    assert str(bundle.version) == "run-p/round-002"
+    assert bundle.signature_verified
+    assert not [path.name for path in (tmp_path / "models").iterdir() if path.name.startswith(".")]
+
+
+def test_pull_twice_keeps_current(coordinator: Coordinator, tmp_path: Path) -> None:
+    _pull(coordinator, tmp_path / "models")
+
+    again = _pull(coordinator, tmp_path / "models")
+
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == "pull: run-p/round-002 is already current"
+
+
+def test_pull_named_and_best_versions(coordinator: Coordinator, tmp_path: Path) -> None:
+    client = _client(coordinator)
+    key = load_public_key(coordinator.public_key)
+
+    first = pull_bundle(client, tmp_path / "models", key, version="run-p/round-001")
+    best = pull_bundle(client, tmp_path / "models", key, version="best")
+
+    assert (first.version, first.updated) == ("run-p/round-001", True)
+    assert (best.version, best.updated) == ("run-p/round-002", True)
+    assert first.bytes == coordinator.registry.entry("run-p/round-001")["bytes"]
+    assert sorted(path.name for path in (tmp_path / "models" / "bundles").iterdir()) == [
+        "run-p__round-001", "run-p__round-002"
+    ]
+
+
+def test_pull_wrong_token_rejected(coordinator: Coordinator, tmp_path: Path) -> None:
+    _pull(coordinator, tmp_path / "models")
+    wrong = tmp_path / "wrong.token"
+    wrong.write_text("not-the-token\n")
+
+    completed = _pull(coordinator, tmp_path / "models", token_file=wrong)
+
+    assert completed.returncode == 1
+    assert "rejected this site's token (HTTP 401)" in completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert (tmp_path / "models" / "current").resolve().name == "run-p__round-002"
+
+
+def test_revoked_site_rejected(coordinator: Coordinator) -> None:
+    token = add_site(coordinator.tokens, "hospital-b")
+    assert _client(coordinator, token).entry("latest")["version"] == "run-p/round-002"
+
+    revoke_site(coordinator.tokens, "hospital-b")
+
+    with pytest.raises(PullError, match=r"HTTP 401"):
+        _client(coordinator, token).entry("latest")
+
+
+def test_tokens_file_stores_only_hashes(coordinator: Coordinator) -> None:
+    token = coordinator.token_file.read_text().strip()
+    stored = coordinator.tokens.read_text()
+
+    assert token not in stored
+    assert token_hash(token) in stored
+    assert oct(coordinator.tokens.stat().st_mode & 0o777) == "0o600"
+
+
+def test_version_list_hides_coordinator_paths(coordinator: Coordinator) -> None:
+    with _client(coordinator)._open("/v1/versions") as response:
+        versions = json.loads(response.read())["versions"]
+
+    assert [entry["version"] for entry in versions] == ["run-p/round-002", "run-p/round-001"]
+    assert all("path" not in entry and "archive" not in entry for entry in versions)
+
+
+def test_pull_unreachable_keeps_verified_bundle(coordinator: Coordinator, tmp_path: Path) -> None:
+    _pull(coordinator, tmp_path / "models")
+    dead_url = f"https://127.0.0.1:{_free_port()}"
+
+    completed = _pull(coordinator, tmp_path / "models", url=dead_url)
+
+    assert completed.returncode == 75, completed.stderr
+    assert "still using the verified bundle run-p/round-002" in completed.stdout
+    assert "is unreachable" in completed.stderr
+    assert load_bundle(tmp_path / "models" / "current", coordinator.public_key).signature_verified
+
+
+def test_pull_unreachable_without_bundle_fails(coordinator: Coordinator, tmp_path: Path) -> None:
+    completed = _pull(coordinator, tmp_path / "models", url=f"https://127.0.0.1:{_free_port()}")
+
+    assert completed.returncode == 1
+    assert "contains no verified bundle to fall back to" in completed.stderr
+
+
+def test_pull_rejects_untrusted_certificate(coordinator: Coordinator, tmp_path: Path) -> None:
+    other_ca, _, _ = write_test_pki(tmp_path / "other-ca", ca_name="another CA")
+
+    completed = _pull(coordinator, tmp_path / "models", ca=other_ca)
+
+    assert completed.returncode == 1
+    assert "TLS verification of" in completed.stderr
+    assert not (tmp_path / "models" / "current").exists()
+
+
+def test_pull_rejects_tampered_bundle_and_keeps_current(coordinator: Coordinator, tmp_path: Path) -> None:
+    _pull(coordinator, tmp_path / "models", "--version", "run-p/round-001")
+    # Publish round 3, then swap a file inside its archive and fix up the
+    # entry's checksum, as an attacker with write access to the registry could.
+    registry = coordinator.registry
+    registry.publish(
+        write_toy_round(tmp_path / "round-3", 3, seed=3), run_id="run-p", server_round=3,
+        signing_key=load_private_key(coordinator.public_key.parent / "bundle-signing.key"),
+        dataset_file=write_toy_dataset(tmp_path), export_onnx=False,
+    )
+    folder = tmp_path / "tampered"
+    shutil.copytree(registry.path_of("run-p/round-003"), folder)
+    (folder / "preprocessing.json").write_text((folder / "preprocessing.json").read_text().replace("10.0", "99.0"))
+    archive = registry.archive_of("run-p/round-003")
+    pack_bundle(folder, archive)
+    entry_path = archive.with_name("round-003.json")
+    entry = json.loads(entry_path.read_text())
+    entry.update(sha256=file_sha256(archive), bytes=archive.stat().st_size)
+    entry_path.write_text(json.dumps(entry))
+
+    completed = _pull(coordinator, tmp_path / "models")
+
+    assert completed.returncode == 1
+    assert "preprocessing.json" in completed.stderr
+    assert "keeping run-p/round-001" in completed.stderr
+    assert (tmp_path / "models" / "current").resolve().name == "run-p__round-001"
+    shutil.rmtree(registry.path_of("run-p/round-003"))
+    for suffix in (".tar.gz", ".json"):
+        archive.with_name("round-003" + suffix).unlink()
+    (registry.root / "latest.json").write_text(json.dumps({"version": "run-p/round-002"}))
+
+
+def test_service_log_never_contains_token(coordinator: Coordinator) -> None:
+    """Stops the shared service to read its log, so it stays the module's last test."""
+    _client(coordinator).entry("latest")
+    token = coordinator.token_file.read_text().strip()
+    coordinator.process.terminate()
+    _, stderr = coordinator.process.communicate(timeout=30)
+
+    assert "serve: site hospital-a GET /v1/versions/latest -> 200" in stderr
+    assert token not in stderr
+    assert "Traceback" not in stderr
