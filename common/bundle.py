@@ -612,7 +612,12 @@ class Bundle:
 
     @property
     def model(self) -> keras.Model:
-        """The Keras model, loaded on first use and checked against the preprocessing."""
+        """The Keras model, loaded on first use and checked against the preprocessing.
+
+        NOTE: model.keras (and model.onnx, read by the runtime) are read after
+        verification, so a process that can write the bundle folder in between
+        could swap them; keep site bundle folders writable only by the detector.
+        """
         if self._model is None:
             self._model = _load_keras_model(self.path / MODEL_FILE, self.preprocessor)
         return self._model
