@@ -34,3 +34,11 @@ class PreprocessingError(FedIDSError, ValueError):
 
 class ModelMismatchError(FedIDSError, ValueError):
     """Model weights do not match the architecture they are loaded into."""
+
+
+class CredentialError(FedIDSError, ValueError):
+    """A TLS certificate or SuperNode authentication key is missing, invalid or would be overwritten."""
+
+
+class DeploymentError(FedIDSError, RuntimeError):
+    """A SuperLink or SuperNode process could not be started, reached or stopped."""
