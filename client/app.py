@@ -41,7 +41,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client.egress import egress_audit_mod
-from client.site_data import SiteData, config_value, dataset_and_task, load_site, load_site_table
+from client.site_data import SITE_NAME_KEY, SiteData, config_value, dataset_and_task, load_site, load_site_table
 from common.config import DatasetConfig, TaskConfig
 from common.exceptions import ConfigError, EmptyDataError, PreprocessingError
 from common.metrics import DEFAULT_HISTOGRAM_BINS, confusion_counts, score_histograms
@@ -62,9 +62,6 @@ _PROBABILITY_FLOOR = 1e-7
 # the simulation driver sets one thread per simulated site.
 # The egress audit records the keys and sizes of every reply that leaves the site.
 app = ClientApp(mods=[egress_audit_mod])
-
-#: Node-config key with the hospital's name, which the server uses in logs and round records.
-SITE_NAME_KEY = "site-name"
 
 
 # ---------------------------------------------------------------------------
