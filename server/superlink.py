@@ -460,6 +460,9 @@ def _build_parser() -> argparse.ArgumentParser:
     remove = add("remove-site", "unregister a hospital; its SuperNode is disconnected")
     remove.add_argument("--name", required=True, help="hospital name given at registration")
     add("list-sites", "list the nodes the SuperLink knows with their status")
+    connect = add("connect", "point the commands at a SuperLink started elsewhere, for example in Docker")
+    connect.add_argument("--address", required=True, help="HOST:PORT of the SuperLink")
+    connect.add_argument("--ca", type=Path, required=True, help="the coordinator's CA certificate")
     submit = add("submit", "submit a federated run")
     submit.add_argument("--app", type=Path, default=Path("."), help="Flower App folder (default: .)")
     submit.add_argument(
@@ -486,6 +489,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "remove-site":
             node_id = remove_site(layout, args.name)
             print(f"removed {args.name} (node {node_id})")
+        elif args.command == "connect":
+            load_certificate(args.ca)
+            path = write_cli_connection(layout, args.address, args.ca)
+            print(f"wrote {path}")
         elif args.command == "list-sites":
             for site in list_sites(layout):
                 print(f"{site['name'] or '(unnamed)':<20} {site['node_id']:>20} {site['status']}")

@@ -5,7 +5,9 @@ Example::
     python -m server.tls --out secrets --host coordinator.hospital-net.example
 
 writes ``ca.pem``, ``ca.key``, ``superlink.pem`` and ``superlink.key`` into
-``secrets/`` (which git ignores). Hospitals get ``ca.pem`` only; ``ca.key``
+``secrets/`` (which git ignores), plus ``superexec.secret``, the shared
+secret with which a separate ServerApp container authenticates to the
+SuperLink (docker/compose.yml). Hospitals get ``ca.pem`` only; ``ca.key``
 stays on the coordinator, offline if possible. An existing CA is reused, so
 renewing the SuperLink certificate does not change what hospitals trust.
 
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +37,20 @@ LOOPBACK_ADDRESSES = ("127.0.0.1",)
 
 #: File stem of the SuperLink's certificate and key.
 SUPERLINK_FILE_STEM = "superlink"
+
+#: File of the SuperExec shared secret, beside the certificates.
+SUPEREXEC_SECRET_FILE = "superexec.secret"
+
+
+def create_superexec_secret(out_dir: Path) -> Path:
+    """Write a random 256-bit SuperExec secret as hex (mode 0600), unless the file exists."""
+    path = Path(out_dir) / SUPEREXEC_SECRET_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w", encoding="ascii") as stream:
+            stream.write(secrets.token_hex(32))
+    return path
 
 
 def create_superlink_tls(
@@ -100,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         files = create_superlink_tls(args.out, args.host, args.ip, valid_days=args.days, overwrite=args.overwrite)
         names = certificate_names(load_certificate(files.certificate))
+        secret = create_superexec_secret(args.out)
     except FedIDSError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -107,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"CA key (keep on the coordinator):        {files.ca_key}")
     print(f"SuperLink certificate: {files.certificate} for {', '.join(names)}")
     print(f"SuperLink key:         {files.key}")
+    print(f"SuperExec secret (coordinator containers only): {secret}")
     return 0
 
 

@@ -118,15 +118,28 @@ class LocalFederation:
     host : str
         Address of the SuperLink, ``127.0.0.1`` unless the sites run in
         network namespaces that reach it on another address.
+    site_namespaces : mapping of str to str, optional
+        Site name to the network namespace (``ip netns``) its SuperNode runs in.
     """
 
-    def __init__(self, work_dir: Path, sites: Sequence[SiteSpec], *, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        work_dir: Path,
+        sites: Sequence[SiteSpec],
+        *,
+        host: str = "127.0.0.1",
+        site_namespaces: Mapping[str, str] | None = None,
+    ) -> None:
         names = [site.name for site in sites]
         if len(set(names)) != len(names):
             raise ConfigError(f"site names must be unique, got {names}")
         self.work_dir = Path(work_dir).resolve()
         self.sites = {site.name: site for site in sites}
         self.host = host
+        self.site_namespaces = dict(site_namespaces or {})
+        unknown = sorted(set(self.site_namespaces) - set(self.sites))
+        if unknown:
+            raise ConfigError(f"network namespaces given for unknown sites {unknown}; sites are {names}")
         self.secrets_dir = self.work_dir / "secrets"
         self.logs_dir = self.work_dir / "logs"
         self.superlink_settings = SuperLinkSettings(
@@ -204,9 +217,11 @@ class LocalFederation:
     ) -> SiteProcess:
         """Start a site's SuperNode in its own process group, logging to ``logs/<name>.log``.
 
-        ``command_prefix`` runs the command through another program, for
-        example ``ip netns exec <namespace>``.
+        ``command_prefix`` runs the command through another program; by
+        default a site with a network namespace runs under ``ip netns exec``.
         """
+        if not command_prefix and name in self.site_namespaces:
+            command_prefix = ["ip", "netns", "exec", self.site_namespaces[name]]
         settings = self.site_settings(name, credentials)
         check_settings(settings)
         log_path = self.logs_dir / f"{name}.log"
@@ -484,6 +499,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--round-timeout", type=positive_float, default=120.0, help="seconds to wait for replies per phase"
     )
     parser.add_argument("--run-timeout", type=positive_float, default=1800.0, help="seconds allowed for the run")
+    parser.add_argument("--host", default="127.0.0.1", help="SuperLink address (default: 127.0.0.1)")
+    parser.add_argument(
+        "--site-netns",
+        action="append",
+        default=[],
+        metavar="NAME=NAMESPACE",
+        help="run site NAME's SuperNode in network namespace NAMESPACE (repeatable; needs root)",
+    )
     parser.add_argument("--kill-site", help="kill this site's SuperNode during a round")
     parser.add_argument("--kill-round", type=positive_int, default=1, help="round in which to kill (default: 1)")
     parser.add_argument("--kill-delay", type=float, default=2.0, help="seconds after the round starts (default: 2)")
@@ -504,7 +527,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         work_dir = args.work_dir.resolve()
         run_name = time.strftime("deployment-%Y%m%d-%H%M%S")
         run_config = build_run_config(args, work_dir / "checkpoints", run_name)
-        with LocalFederation(work_dir, sites) as federation:
+        namespaces = dict(value.partition("=")[::2] for value in args.site_netns)
+        with LocalFederation(work_dir, sites, host=args.host, site_namespaces=namespaces) as federation:
             federation.start()
             federation.wait_for_sites([site.name for site in sites])
             if args.kill_site:

@@ -390,3 +390,14 @@ def test_start_superlink_requires_tls_files(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="TLS file not found"):
         start_superlink(settings)
+
+
+def test_superexec_secret_created_once(tmp_path: Path) -> None:
+    from server.tls import create_superexec_secret
+
+    path = create_superexec_secret(tmp_path)
+    first = path.read_text()
+
+    assert create_superexec_secret(tmp_path).read_text() == first
+    assert len(first) == 64 and int(first, 16) >= 0
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
