@@ -202,7 +202,7 @@ def load_certificate(path: Path) -> x509.Certificate:
     Raises
     ------
     CredentialError
-        If the file is missing or holds no PEM certificate.
+        If the file is missing or contains no PEM certificate.
     """
     try:
         return x509.load_pem_x509_certificate(Path(path).read_bytes())

@@ -65,7 +65,7 @@ def flwr_executable(name: str) -> str:
 def free_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port on ``host`` that no process listens on at the moment of the call.
 
-    NOTE: another process may take the port before the caller binds it; the
+    NOTE: another process may take the port before the caller binds it. The
     window is short, and a failed bind shows up as a process that exits early.
     """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:

@@ -188,7 +188,7 @@ def write_cli_connection(layout: SuperLinkLayout, address: str, ca_certificate: 
 
 
 def start_superlink(settings: SuperLinkSettings, *, ready_timeout: float = 60.0) -> int:
-    """Start ``flower-superlink`` in the background and return its process id once TLS answers.
+    """Start ``flower-superlink`` in the background and return its process id once its TLS port accepts handshakes.
 
     The process gets its own session, so a terminal's Ctrl-C does not reach
     it; :func:`stop_superlink` ends it and every process it started.
@@ -215,9 +215,9 @@ def start_superlink(settings: SuperLinkSettings, *, ready_timeout: float = 60.0)
 
     command = superlink_command(settings)
     with layout.log_file.open("ab") as log:
-        # The state folder is the working directory because Flower puts the
-        # launching directory on the apps' import path; a neutral folder keeps
-        # a checkout in the current directory from shadowing the installed app.
+        # Flower puts the launching directory on the apps' import path. The
+        # state folder is neutral, so a checkout in the current directory
+        # cannot shadow the installed app.
         process = subprocess.Popen(
             command,
             cwd=layout.state_dir,
@@ -374,7 +374,7 @@ def remove_site(layout: SuperLinkLayout, name: str) -> int:
 
 
 def list_sites(layout: SuperLinkLayout) -> list[dict[str, Any]]:
-    """Return every node the SuperLink knows, with the hospital name from the registry.
+    """Return every node the SuperLink lists, with the hospital name from the registry.
 
     Each entry has ``name`` (empty for a node missing from the registry),
     ``node_id`` and ``status`` (``registered``, ``online``, ``offline`` or

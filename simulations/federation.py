@@ -21,7 +21,7 @@ its own process group, all on 127.0.0.1 with free ports:
    stopped, with the processes Flower started below them.
 
 ``--kill-site NAME`` kills that site's SuperNode with SIGKILL while round
-``--kill-round`` trains, to measure how long the round then takes;
+``--kill-round`` trains, to measure how long the round then takes.
 ``--restart-after S`` starts it again S seconds later. ``--compare-simulation``
 runs ``simulate.py`` on the same site files and settings afterwards and
 prints the round times of both.

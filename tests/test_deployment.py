@@ -42,8 +42,8 @@ from simulations.federation import LocalFederation, RunResult, SiteSpec, run_pla
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: Rows of the real capture each hospital gets; the sizes differ so that a
-#: site reading another site's file would show up in the row counts.
+#: Rows of the real capture each hospital gets. The sizes differ, so a site
+#: that read another site's file would show in the row counts.
 SITE_SLICES = {"hospital-a": (0, 2000), "hospital-b": (2000, 4500), "hospital-c": (4500, 7500)}
 
 #: Seconds a whole run may take on a loaded two-core machine before the test fails.
