@@ -349,14 +349,44 @@ def _python_path() -> str:
 # ---------------------------------------------------------------------------
 
 
-def _watch_log(path: Path, needle: str, stop: threading.Event, timeout: float) -> float | None:
-    """Return the time at which ``needle`` first appears in the growing file ``path``."""
-    deadline = time.monotonic() + timeout
-    while not stop.is_set() and time.monotonic() < deadline:
-        if path.exists() and needle in path.read_text(errors="replace"):
-            return time.time()
-        time.sleep(0.2)
-    return None
+class LogWatcher:
+    """Record the wall-clock time at which each of several lines first appears in a growing log file.
+
+    The times are those at which ``flwr log`` wrote the lines, which trails
+    the ServerApp by the polling interval of its log stream.
+    """
+
+    def __init__(self, path: Path, needles: Mapping[str, str], interval: float = 0.2) -> None:
+        self.path = path
+        self.needles = dict(needles)
+        self.interval = interval
+        self.times: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> LogWatcher:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and len(self.times) < len(self.needles):
+            text = self.path.read_text(errors="replace") if self.path.exists() else ""
+            now = time.time()
+            for name, needle in self.needles.items():
+                if name not in self.times and needle in text:
+                    self.times[name] = now
+            time.sleep(self.interval)
+
+    def wait_for(self, name: str, timeout: float) -> float | None:
+        """Wait until the line ``name`` appeared and return its time, or ``None`` after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while name not in self.times and time.monotonic() < deadline and self._thread.is_alive():
+            time.sleep(self.interval)
+        return self.times.get(name)
 
 
 def run_with_kill(
@@ -369,23 +399,39 @@ def run_with_kill(
     restart_after: float | None,
     timeout: float,
 ) -> RunResult:
-    """Run once and kill ``kill_site`` ``kill_delay`` seconds after round ``kill_round`` starts training."""
+    """Run once and kill ``kill_site`` ``kill_delay`` seconds after round ``kill_round`` starts training.
+
+    ``events`` of the result holds wall-clock times: ``round_started``,
+    ``killed``, ``restarted``, and when the log showed the end of the
+    round's train phase (``train_aggregated``) and its checkpoint (``round_saved``).
+    """
     started = time.monotonic()
     run_id = federation.submit(run_config)
     log_path = federation.follow_log(run_id)
-    events: dict[str, float] = {}
-    stop = threading.Event()
-    round_started = _watch_log(log_path, f"round {kill_round}: train: sent the global model", stop, timeout)
-    if round_started is None:
-        raise DeploymentError(f"round {kill_round} did not start within {timeout:.0f} s; see {log_path}")
-    events["round_started"] = round_started
-    time.sleep(kill_delay)
-    events["killed"] = federation.kill_site(kill_site)
-    if restart_after is not None:
-        time.sleep(restart_after)
-        events["restarted"] = time.time()
-        federation.start_site(kill_site)
-    status = federation.wait_for_run(run_id, timeout)
+    watcher = LogWatcher(
+        log_path,
+        {
+            "round_started": f"round {kill_round}: train: sent the global model",
+            "train_aggregated": f"round {kill_round}: train: aggregated",
+            "round_saved": f"round {kill_round}: checkpoint: saved",
+        },
+    ).start()
+    try:
+        if watcher.wait_for("round_started", timeout) is None:
+            raise DeploymentError(f"round {kill_round} did not start within {timeout:.0f} s; see {log_path}")
+        time.sleep(kill_delay)
+        killed = federation.kill_site(kill_site)
+        restarted = None
+        if restart_after is not None:
+            time.sleep(restart_after)
+            restarted = time.time()
+            federation.start_site(kill_site)
+        status = federation.wait_for_run(run_id, timeout)
+    finally:
+        watcher.stop()
+    events = {**watcher.times, "killed": killed}
+    if restarted is not None:
+        events["restarted"] = restarted
     return RunResult(run_id, status, log_path, time.monotonic() - started, events)
 
 
@@ -554,6 +600,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "killed" in result.events:
             metrics = run_dir / f"round-{args.kill_round:03d}" / "metrics.json"
             summary["kill_to_round_end_seconds"] = metrics.stat().st_mtime - result.events["killed"]
+            if "train_aggregated" in result.events:
+                summary["kill_to_train_end_seconds"] = result.events["train_aggregated"] - result.events["killed"]
             summary["kill_round_record"] = json.loads(metrics.read_text())
         if args.compare_simulation:
             simulation_dir = run_simulation_comparison(sites, run_config, work_dir / "simulation", args.run_timeout)
@@ -570,8 +618,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "simulation_round_seconds" in summary:
         _report(sys.stdout, "simulation", summary["simulation_round_seconds"])
     if "kill_to_round_end_seconds" in summary:
+        train_end = summary.get("kill_to_train_end_seconds")
         print(
-            f"killed {args.kill_site} in round {args.kill_round}: the round ended "
+            f"killed {args.kill_site} in round {args.kill_round}: its train phase ended "
+            f"{'n/a' if train_end is None else f'{train_end:.1f}'} s later, the round "
             f"{summary['kill_to_round_end_seconds']:.1f} s later (round timeout {args.round_timeout:.0f} s)"
         )
     print(f"wrote {work_dir / 'summary.json'}")
