@@ -455,9 +455,13 @@ def round_times(run_dir: Path) -> list[float]:
 
 
 def run_simulation_comparison(
-    sites: Sequence[SiteSpec], settings: Mapping[str, Any], out_dir: Path, timeout: float
+    sites: Sequence[SiteSpec], settings: Mapping[str, Any], out_dir: Path, timeout: float, data_dir: Path
 ) -> Path:
-    """Run ``simulate.py`` on the same site files and settings; return its run folder."""
+    """Run ``simulate.py`` on the same site files and settings; return its run folder.
+
+    ``simulate.py`` reads the whole dataset from ``data_dir`` to lay out its
+    sites before the site files replace every share.
+    """
     command = [
         sys.executable, str(ROOT / "simulations" / "simulate.py"),
         "--dataset", str(settings["dataset"]),
@@ -469,6 +473,7 @@ def run_simulation_comparison(
         "--round-timeout", str(settings["round-timeout"]),
         "--seed", str(settings["seed"]),
         "--no-baselines",
+        "--data-dir", str(data_dir),
         "--out", str(out_dir),
     ]  # fmt: skip
     for index, site in enumerate(sites):
@@ -516,6 +521,19 @@ def build_run_config(args: argparse.Namespace, checkpoint_dir: Path, run_name: s
     }
 
 
+def _simulation_data_dir(args: argparse.Namespace) -> Path:
+    """Return the dataset folder ``simulate.py`` needs, checked before the deployment starts."""
+    from common.config import load_dataset_config, resolve_data_dir
+
+    data_dir = resolve_data_dir(args.data_dir)
+    path = load_dataset_config(args.dataset).data_paths(data_dir)[0]
+    if not path.exists():
+        raise ConfigError(
+            f"--compare-simulation needs the dataset file {path}; set --data-dir or FEDIDS_DATA_DIR"
+        )
+    return Path(data_dir).resolve()
+
+
 def _parse_sites(values: Sequence[str]) -> list[SiteSpec]:
     sites = []
     for value in values:
@@ -560,6 +578,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--compare-simulation", action="store_true", help="also run simulate.py on the same files and settings"
     )
+    parser.add_argument(
+        "--data-dir", help="folder with the dataset files, for --compare-simulation (default: $FEDIDS_DATA_DIR)"
+    )
     return parser
 
 
@@ -570,6 +591,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sites = _parse_sites(args.site)
         if args.kill_site is not None and args.kill_site not in {site.name for site in sites}:
             raise ConfigError(f"--kill-site {args.kill_site!r} is not one of the --site names")
+        data_dir = _simulation_data_dir(args) if args.compare_simulation else None
         work_dir = args.work_dir.resolve()
         run_name = time.strftime("deployment-%Y%m%d-%H%M%S")
         run_config = build_run_config(args, work_dir / "checkpoints", run_name)
@@ -603,8 +625,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "train_aggregated" in result.events:
                 summary["kill_to_train_end_seconds"] = result.events["train_aggregated"] - result.events["killed"]
             summary["kill_round_record"] = json.loads(metrics.read_text())
-        if args.compare_simulation:
-            simulation_dir = run_simulation_comparison(sites, run_config, work_dir / "simulation", args.run_timeout)
+        if data_dir is not None:
+            simulation_dir = run_simulation_comparison(
+                sites, run_config, work_dir / "simulation", args.run_timeout, data_dir
+            )
             summary["simulation_round_seconds"] = round_times(simulation_dir)
         (work_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     except FedIDSError as error:
