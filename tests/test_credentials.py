@@ -165,7 +165,8 @@ def test_tls_command_prints_error_on_existing_files(tmp_path: Path, capsys: pyte
     assert tls_main(["--out", str(tmp_path)]) == 2
 
     error = capsys.readouterr().err
-    assert error.startswith("error: ") and "already exists" in error
+    assert error.startswith("error: ")
+    assert "already exists" in error
     assert "Traceback" not in error
 
 
@@ -248,7 +249,8 @@ def test_keys_command_refuses_existing_keys(tmp_path: Path, capsys: pytest.Captu
     assert keys_main(["--out", str(tmp_path), "--name", "hospital-a"]) == 2
 
     error = capsys.readouterr().err
-    assert error.startswith("error: ") and "site.pub already exists" in error
+    assert error.startswith("error: ")
+    assert "site.pub already exists" in error
 
 
 # ---------------------------------------------------------------------------
@@ -336,7 +338,8 @@ def test_supernode_command_prints_error_on_missing_data(tmp_path: Path, capsys: 
 
     assert code == 2
     error = capsys.readouterr().err
-    assert error.startswith("error: data file not found") and "Traceback" not in error
+    assert error.startswith("error: data file not found")
+    assert "Traceback" not in error
 
 
 # ---------------------------------------------------------------------------
@@ -399,5 +402,6 @@ def test_superexec_secret_created_once(tmp_path: Path) -> None:
     first = path.read_text()
 
     assert create_superexec_secret(tmp_path).read_text() == first
-    assert len(first) == 64 and int(first, 16) >= 0
+    assert len(first) == 64
+    assert int(first, 16) >= 0
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600

@@ -8,7 +8,8 @@ LocalFederation) and runs on it, in order:
 3. a SuperLink restart on the same database;
 4. a run of three rounds in which one hospital's SuperNode is killed in
    round 1 and started again;
-5. the shutdown, after which no process of the federation may remain.
+5. the removal of a hospital, whose SuperNode must then stop;
+6. the shutdown, after which no process of the federation may remain.
 
 A last test repeats a short run with every hospital in its own network
 namespace, where the kernel and the user allow it.
@@ -37,7 +38,7 @@ from client.supernode import EXIT_NOT_ACCEPTED
 from common.config import DatasetConfig
 from common.loading import load_flows
 from server.strategy import EVALUATE_METRIC_KEYS, TRAIN_METRIC_KEYS
-from server.superlink import list_sites, run_status, start_superlink, stop_superlink
+from server.superlink import list_sites, remove_site, run_status, start_superlink, stop_superlink
 from simulations.federation import LocalFederation, RunResult, SiteSpec, run_plain, run_with_kill
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,6 +145,39 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, wustl_path: Path) -> It
 
 
 # ---------------------------------------------------------------------------
+# Command-line checks before anything starts
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--site", "hospital-a"], "--site expects NAME=PATH, got 'hospital-a'"),
+        (["--site", "hospital-a=/nonexistent.csv"], "file not found: /nonexistent.csv"),
+        (["--site", "a={file}", "--site", "a={file}"], "site names must be unique"),
+        (["--site", "a={file}", "--kill-site", "b"], "--kill-site 'b' is not one of the --site names"),
+        (["--site", "a={file}", "--compare-simulation", "--data-dir", "/nonexistent"], "needs the dataset file"),
+    ],
+    ids=["no-path", "missing-file", "duplicate", "unknown-kill", "no-dataset"],
+)
+def test_federation_command_rejects_bad_arguments(tmp_path: Path, arguments: list[str], message: str) -> None:
+    data = tmp_path / "flows.csv"
+    data.write_text("Label\n0\n")
+    command = [sys.executable, str(ROOT / "simulations" / "federation.py"), "--dataset", "wustl-ehms-2020"]
+    command += [argument.replace("{file}", str(data)) for argument in arguments]
+    command += ["--work-dir", str(tmp_path / "work")]
+
+    completed = subprocess.run(
+        command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, check=False
+    )
+
+    assert completed.returncode == 2
+    assert message in completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert not (tmp_path / "work" / "coordinator").exists()
+
+
+# ---------------------------------------------------------------------------
 # A run with all three hospitals
 # ---------------------------------------------------------------------------
 
@@ -183,7 +217,8 @@ def test_deployment_every_site_trains_each_round(deployment: Deployment) -> None
         trained = {entry["node_id"] for entry in record["trained"]}
         assert trained == registered, f"round {round_number}: {record['trained']}"
         assert all(entry["num_examples"] > 0 for entry in record["trained"])
-        assert record["failures"] == [] and record["timed_out"] == []
+        assert record["failures"] == []
+        assert record["timed_out"] == []
 
 
 def test_deployment_sends_weights_statistics_metrics_only(deployment: Deployment) -> None:
@@ -305,6 +340,21 @@ def test_deployment_restarted_site_rejoins(deployment: Deployment, killed_run: t
     last = _rounds(run_dir)[3]
 
     assert returned in {entry["node_id"] for entry in last["trained"]}
+
+
+def test_deployment_removed_site_disconnected(deployment: Deployment, killed_run: tuple[RunResult, Path]) -> None:
+    federation = deployment.federation
+    site = federation.running["hospital-c"]
+
+    node_id = remove_site(federation.layout, "hospital-c")
+
+    # The SuperLink rejects the removed key's next request and the SuperNode stops by itself.
+    site.process.wait(timeout=120)
+    federation.running.pop("hospital-c")
+    assert node_id == federation.node_ids["hospital-c"]
+    statuses = {node["node_id"]: node["status"] for node in list_sites(federation.layout)}
+    assert statuses.get(node_id) != "online"
+    assert "hospital-c" not in json.loads(federation.layout.sites_file.read_text())
 
 
 # ---------------------------------------------------------------------------

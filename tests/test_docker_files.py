@@ -33,7 +33,8 @@ def test_dockerfiles_use_pinned_flower_images() -> None:
         text = (DOCKER_DIR / name).read_text()
         version = re.search(r"^ARG FLWR_VERSION=(\S+)$", text, re.MULTILINE)
         base = re.search(r"^FROM (\S+)$", text, re.MULTILINE)
-        assert version is not None and base is not None, name
+        assert version is not None, name
+        assert base is not None, name
         assert version.group(1) == FLWR_VERSION, name
         bases[name] = base.group(1)
 
