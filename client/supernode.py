@@ -20,7 +20,7 @@ The command writes ``<work-dir>/node-config.toml`` (``data-path``,
 ``flwr-clientapp`` processes are started per message and read the data file
 only on this machine. The egress audit appends to ``<work-dir>/egress.jsonl``.
 
-The SuperLink refuses a key that is not registered, and it also refuses a
+The SuperLink rejects a key that is not registered, and it also rejects a
 registered site whose earlier connection it still counts as online (up to
 two heartbeat intervals, 60 s in Flower 1.42, after a crash). Both look the
 same to the SuperNode, so the command retries for ``--join-timeout``
@@ -65,7 +65,7 @@ JOIN_RETRY_SECONDS = 10.0
 #: Exit code when the SuperLink never accepted the site.
 EXIT_NOT_ACCEPTED = 3
 
-# flower-supernode 1.42 prints this when the SuperLink refused to activate the node.
+# flower-supernode 1.42 prints this when the SuperLink rejected the activation of the node.
 _ACTIVATION_FAILED = "Failed to initialize the connection to the SuperLink"
 
 
@@ -291,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--join-timeout",
         type=float,
         default=DEFAULT_JOIN_TIMEOUT,
-        help=f"seconds to keep retrying while the SuperLink refuses the site (default: {DEFAULT_JOIN_TIMEOUT:.0f})",
+        help=f"seconds to keep retrying while the SuperLink rejects the site (default: {DEFAULT_JOIN_TIMEOUT:.0f})",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -360,7 +360,7 @@ def remove_site(layout: SuperLinkLayout, name: str) -> int:
     ConfigError
         If ``name`` is not registered.
     DeploymentError
-        If the SuperLink refuses the removal.
+        If the SuperLink rejects the removal.
     """
     sites = read_sites(layout)
     if name not in sites:

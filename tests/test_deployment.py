@@ -388,7 +388,7 @@ def _namespaces_unavailable() -> str | None:
     probe = f"fedids-probe-{os.getpid()}"
     created = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True, check=False)
     if created.returncode != 0:
-        return f"the kernel refused a network namespace: {created.stderr.strip()}"
+        return f"the kernel rejected a network namespace: {created.stderr.strip()}"
     subprocess.run(["ip", "netns", "del", probe], capture_output=True, check=False)
     return None
 
