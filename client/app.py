@@ -12,7 +12,8 @@ Record names (the protocol shared with ``server/``):
   ``"preprocessing"`` (JSON of :meth:`Preprocessor.to_dict`) to it and send
   the global weights as ArrayRecord ``"arrays"``;
 - query replies with ConfigRecord ``"site"``: ``statistics``,
-  ``class-counts``, ``n-rows`` and ``n-train-rows``;
+  ``class-counts``, ``n-rows``, ``n-train-rows`` and ``site-name`` (the
+  node-config ``site-name`` of a deployed SuperNode, empty in simulation);
 - train replies with ArrayRecord ``"arrays"`` and MetricRecord ``"metrics"``:
   ``num-examples``, ``train-loss``, ``train-accuracy`` and ``train-seconds``;
 - evaluate replies with MetricRecord ``"metrics"``: ``num-examples``,
@@ -41,7 +42,8 @@ import pandas as pd
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.site_data import SiteData, config_value, dataset_and_task, load_site, load_site_table
+from client.egress import egress_audit_mod
+from client.site_data import SITE_NAME_KEY, SiteData, config_value, dataset_and_task, load_site, load_site_table
 from common.config import DatasetConfig, TaskConfig
 from common.exceptions import ConfigError, EmptyDataError, PreprocessingError
 from common.metrics import DEFAULT_HISTOGRAM_BINS, confusion_counts, score_histograms
@@ -60,7 +62,8 @@ _PROBABILITY_FLOOR = 1e-7
 # Thread limits are left to the process environment (TF_NUM_INTRAOP_THREADS and
 # TF_NUM_INTEROP_THREADS): a hospital's SuperNode should use all its cores, while
 # the simulation driver sets one thread per simulated site.
-app = ClientApp()
+# The egress audit records the keys and sizes of every reply that leaves the site.
+app = ClientApp(mods=[egress_audit_mod])
 
 
 # ---------------------------------------------------------------------------
@@ -137,8 +140,8 @@ def query(msg: Message, context: Context) -> Message:
     Message
         ConfigRecord ``"site"`` with ``statistics`` (JSON of
         :meth:`FeatureStatistics.to_dict`), ``class-counts`` (JSON list of
-        training rows per class), ``n-rows`` (cleaned rows) and
-        ``n-train-rows``. A site without rows, or with too few to split,
+        training rows per class), ``n-rows`` (cleaned rows),
+        ``n-train-rows`` and ``site-name``. A site without rows, or with too few to split,
         reports zero training rows, which the server's merge ignores.
     """
     config = _message_config(msg)
@@ -166,6 +169,7 @@ def query(msg: Message, context: Context) -> Message:
             "class-counts": json.dumps(counts),
             "n-rows": int(n_rows),
             "n-train-rows": len(train_labels),
+            "site-name": str(context.node_config.get(SITE_NAME_KEY, "")),
         }
     )
     logger.info("query: reported %d training rows of %d, class counts %s", len(train_labels), n_rows, counts)

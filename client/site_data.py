@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 #: Node-config key naming a deployed site's own flow file.
 DATA_PATH_KEY = "data-path"
 
+#: Node-config key with a deployed site's name, which the server uses in logs and round records.
+SITE_NAME_KEY = "site-name"
+
 
 @dataclass
 class SiteData:

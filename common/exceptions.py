@@ -46,3 +46,11 @@ class RegistryError(FedIDSError, RuntimeError):
 
 class PullError(FedIDSError, RuntimeError):
     """A site cannot fetch a bundle from the coordinator's model service."""
+
+
+class CredentialError(FedIDSError, ValueError):
+    """A TLS certificate or SuperNode authentication key is missing, invalid or would be overwritten."""
+
+
+class DeploymentError(FedIDSError, RuntimeError):
+    """A SuperLink or SuperNode process could not be started, reached or stopped."""

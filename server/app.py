@@ -58,10 +58,12 @@ class SiteReport:
     class_counts: list[int]
     n_rows: int
     n_train_rows: int
+    site_name: str = ""
 
     def to_dict(self, classes: Sequence[str]) -> dict[str, Any]:
         return {
             "node_id": self.node_id,
+            "site_name": self.site_name,
             "n_rows": self.n_rows,
             "n_train_rows": self.n_train_rows,
             "class_counts": dict(zip(classes, self.class_counts, strict=True)),
@@ -144,7 +146,11 @@ def parse_site_reply(reply: Message, node_id: int, dataset: DatasetConfig, n_cla
             f"class-counts sum to {sum(counts)} and the statistics cover {statistics.n_rows} rows, "
             f"but n-train-rows is {n_train_rows}"
         )
-    return SiteReport(node_id, statistics, [int(c) for c in counts], n_rows, n_train_rows)
+    # A deployed SuperNode names its hospital; simulations and older sites send no name.
+    site_name = site.get("site-name", "")
+    if not isinstance(site_name, str):
+        raise PreprocessingError(f"site-name must be a string, got {site_name!r}")
+    return SiteReport(node_id, statistics, [int(c) for c in counts], n_rows, n_train_rows, site_name)
 
 
 def _is_count(value: object) -> TypeGuard[int]:
@@ -188,8 +194,9 @@ def query_sites(
     classes = dataset.task(settings.task).classes
     for report in reports:
         logger.info(
-            "query: node %d: %d rows, %d training rows, class counts %s",
+            "query: node %d (site %s): %d rows, %d training rows, class counts %s",
             report.node_id,
+            report.site_name or "unnamed",
             report.n_rows,
             report.n_train_rows,
             dict(zip(classes, report.class_counts, strict=True)),
@@ -287,6 +294,7 @@ def run_federation(grid: Grid, settings: FederationSettings) -> None:
         fraction_train=settings.fraction_train,
         fraction_evaluate=settings.fraction_evaluate,
     )
+    strategy.site_names.update({report.node_id: report.site_name for report in reports if report.site_name})
 
     def save_checkpoint(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         # Flower calls this after each round's evaluation and once for round 0,

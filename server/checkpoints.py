@@ -207,7 +207,7 @@ class CheckpointWriter:
             "evaluate_note": record.evaluate.note,
             "failures": [failure.to_dict() for failure in record.train.failures + record.evaluate.failures],
             "timed_out": [
-                {"node_id": node, "phase": outcome.phase}
+                {"node_id": node, "site": record.site_names.get(node, ""), "phase": outcome.phase}
                 for outcome in (record.train, record.evaluate)
                 for node in outcome.timed_out
             ],

@@ -111,9 +111,16 @@ class NodeFailure:
     phase: str
     reason: str
     code: int | None = None
+    site: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"node_id": self.node_id, "phase": self.phase, "reason": self.reason, "code": self.code}
+        return {
+            "node_id": self.node_id,
+            "site": self.site,
+            "phase": self.phase,
+            "reason": self.reason,
+            "code": self.code,
+        }
 
 
 @dataclass
@@ -172,12 +179,14 @@ class RoundRecord:
     # Metrics on the sites' validation blocks, which (unlike the test blocks)
     # may be used to choose a round.
     validation_metrics: dict[str, Any] | None = None
+    #: Node id to the hospital name the site reported in the query; unnamed sites are absent.
+    site_names: dict[int, str] = field(default_factory=dict)
 
     @property
     def failures(self) -> list[NodeFailure]:
         """Failures of both phases, timeouts included."""
         timeouts = [
-            NodeFailure(node, outcome.phase, "no reply before the round timeout")
+            NodeFailure(node, outcome.phase, "no reply before the round timeout", site=self.site_names.get(node, ""))
             for outcome in (self.train, self.evaluate)
             for node in outcome.timed_out
         ]
@@ -234,6 +243,8 @@ class FederatedIDSStrategy(FedAvg):
         self.round_timeout = round_timeout
         self.preprocessing_json = json.dumps(preprocessor.to_dict(), allow_nan=False)
         self.rounds: dict[int, RoundRecord] = {}
+        #: Node id to hospital name, filled by the ServerApp from the query replies.
+        self.site_names: dict[int, str] = {}
         self._sent: dict[str, list[Message]] = {"train": [], "evaluate": []}
         self._sent_shapes: dict[str, tuple[tuple[int, ...], str]] = {}
         # Histograms of several sites only add up with equal bins: the first
@@ -243,7 +254,7 @@ class FederatedIDSStrategy(FedAvg):
     def round_record(self, server_round: int) -> RoundRecord:
         """Return the record of ``server_round``, creating it on first use."""
         if server_round not in self.rounds:
-            self.rounds[server_round] = RoundRecord(server_round)
+            self.rounds[server_round] = RoundRecord(server_round, site_names=self.site_names)
         return self.rounds[server_round]
 
     # ---- train -----------------------------------------------------------
@@ -424,8 +435,11 @@ class FederatedIDSStrategy(FedAvg):
             message_id = reply.metadata.reply_to_message_id
             answered.add(message_id)
             node_id = sent.get(message_id, reply.metadata.src_node_id)
+            site = self.site_names.get(node_id, "")
             if reply.has_error():
-                failure = NodeFailure(node_id, outcome.phase, trim_reason(reply.error.reason), int(reply.error.code))
+                failure = NodeFailure(
+                    node_id, outcome.phase, trim_reason(reply.error.reason), int(reply.error.code), site
+                )
             else:
                 problem = problem_of(reply)
                 if problem is None:
@@ -435,16 +449,22 @@ class FederatedIDSStrategy(FedAvg):
                     if "train-seconds" in metrics:
                         outcome.seconds[node_id] = float(metrics["train-seconds"])  # type: ignore[arg-type]
                     continue
-                failure = NodeFailure(node_id, outcome.phase, trim_reason(f"malformed reply: {problem}"))
+                failure = NodeFailure(node_id, outcome.phase, trim_reason(f"malformed reply: {problem}"), site=site)
             outcome.failures.append(failure)
             logger.warning(
-                "node %s failed in round %d (%s): %s", failure.node_id, server_round, failure.phase, failure.reason
+                "node %s (site %s) failed in round %d (%s): %s",
+                failure.node_id,
+                site or "unnamed",
+                server_round,
+                failure.phase,
+                failure.reason,
             )
         outcome.timed_out = sorted(node for message_id, node in sent.items() if message_id not in answered)
         for node_id in outcome.timed_out:
             logger.warning(
-                "node %s timed out in round %d (%s): no reply within %.0f s",
+                "node %s (site %s) timed out in round %d (%s): no reply within %.0f s",
                 node_id,
+                self.site_names.get(node_id, "unnamed"),
                 server_round,
                 outcome.phase,
                 self.round_timeout,

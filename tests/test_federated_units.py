@@ -626,7 +626,7 @@ def test_checkpoint_writer_writes_rounds_and_history(tmp_path: Path) -> None:
     assert history["n_sites_ok"] == 1
     assert history["failures"] == 1
     round_metrics = json.loads((tmp_path / "run" / "round-001" / "metrics.json").read_text())
-    assert round_metrics["timed_out"] == [{"node_id": 22, "phase": "evaluate"}]
+    assert round_metrics["timed_out"] == [{"node_id": 22, "site": "", "phase": "evaluate"}]
     assert round_metrics["trained"] == [
         {"node_id": 11, "num_examples": 10, "train_seconds": 1.5},
         {"node_id": 22, "num_examples": 20, "train_seconds": None},
