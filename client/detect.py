@@ -143,6 +143,7 @@ class DetectionResult:
     source: str = "<frame>"
     window: int = 1
     normal_class: str = "normal"
+    mostly_imputed_rows: int = 0
 
     def to_summary(self) -> dict[str, Any]:
         """Return counts, episodes, model version, verification, row counts and time as JSON-safe values."""
@@ -156,6 +157,7 @@ class DetectionResult:
             "rows_read": self.rows_read,
             "rows_scored": self.rows_scored,
             "unscored_rows": None if unscored <= 0 else {"first_row": 0, "last_row": unscored - 1},
+            "mostly_imputed_rows": self.mostly_imputed_rows,
             "class_counts": dict(self.class_counts),
             "episodes": [episode.to_dict() for episode in self.episodes],
             "seconds": round(self.seconds, 4),
@@ -207,6 +209,7 @@ class FlowDetector:
     predictor: Predictor
     rows_read: int = 0
     rows_scored: int = 0
+    mostly_imputed_rows: int = 0
     episodes: list[Episode] = field(default_factory=list)
     _context: np.ndarray | None = None
     _open: _OpenEpisode | None = None
@@ -249,6 +252,7 @@ class FlowDetector:
         if len(frame) == 0:
             return self._empty_predictions(frame)
 
+        self._warn_mostly_missing(frame, source)
         table = clean_flows(frame, self.config, self.task, source=source, require_labels=False)
         X = self.bundle.preprocessor.transform(table.features)
         assert table.source_rows is not None and self._context is not None
@@ -266,6 +270,30 @@ class FlowDetector:
             predictions["label"] = self._labels(frame, table.source_rows[first_scored:], source)
         self.rows_scored += len(scored_rows)
         return predictions
+
+    def _warn_mostly_missing(self, frame: pd.DataFrame, source: str) -> None:
+        """Count and log rows whose numeric features are mostly empty or not numbers.
+
+        Such rows (cut-off lines, text where numbers belong) are still scored,
+        so that every flow keeps its place in the windows, but their verdict
+        rests on the federation's imputed means rather than on the traffic.
+        """
+        columns = list(self.config.numeric_features)
+        if not columns:
+            return
+        numeric = frame[columns].apply(pd.to_numeric, errors="coerce")
+        missing_share = numeric.isna().to_numpy().mean(axis=1)
+        count = int(np.count_nonzero(missing_share > 0.5))
+        if count:
+            self.mostly_imputed_rows += count
+            logger.warning(
+                "detect: %d of %d flow(s) in %s have more than half of their %d numeric features empty "
+                "or not numbers; their verdicts rest on imputed values, so check the flow exporter",
+                count,
+                len(frame),
+                source,
+                len(columns),
+            )
 
     def _score(self, history: np.ndarray, n_windows: int) -> np.ndarray:
         """Return probabilities of shape (n_windows, n_classes) for the last n_windows windows of ``history``."""
@@ -481,6 +509,7 @@ def _result(detector: FlowDetector, predictions: pd.DataFrame, source: str, seco
         source=source,
         window=detector.window,
         normal_class=str(detector.classes[detector.normal_index]),
+        mostly_imputed_rows=detector.mostly_imputed_rows,
     )
 
 
@@ -700,6 +729,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         for option, value in (("--batch-size", args.batch_size), ("--threads", args.threads)):
             if value is not None and value < 1:
                 raise DataValidationError(f"{option} must be at least 1, got {value}")
+        # A zero poll interval would spin a core; a negative idle timeout would never expire.
+        if args.poll_seconds <= 0:
+            raise DataValidationError(f"--poll-seconds must be above 0, got {args.poll_seconds}")
+        if args.idle_timeout < 0:
+            raise DataValidationError(f"--idle-timeout must be 0 (no limit) or more, got {args.idle_timeout}")
+        written = [path.resolve() for path in (args.out, args.summary) if path is not None]
+        if args.input.resolve() in written:
+            raise DataValidationError(
+                f"--input {args.input} is also an output file; choose another --out or --summary "
+                "so that the capture is not overwritten"
+            )
         public_key = load_public_key(args.public_key) if args.public_key is not None else None
         bundle = load_bundle(args.model, public_key, require_signature=not args.allow_unsigned)
         predictor = make_predictor(bundle, args.runtime, batch_size=args.batch_size, threads=args.threads)

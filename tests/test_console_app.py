@@ -350,6 +350,28 @@ def test_results_without_attacks(admin: FlaskClient, tmp_path: Path) -> None:
     assert "No flow was predicted as an attack." in html
 
 
+def test_results_warn_about_unusable_rows(admin: FlaskClient, tmp_path: Path) -> None:
+    lines = _traffic(tmp_path, [0] * 20).decode().splitlines()
+    for index in (3, 4):  # both numeric features of these flows become text
+        fields = lines[index].split(",")
+        fields[1:3] = ["x", "y"]
+        lines[index] = ",".join(fields)
+    location = _upload(admin, ("\n".join(lines) + "\n").encode()).headers["Location"]
+
+    html = admin.get(location).get_data(as_text=True)
+
+    assert 'id="imputed-warning"' in html
+    assert "2 flow(s) have more than half of their numeric features empty or not numbers" in html
+
+
+def test_results_without_warning_for_clean_rows(admin: FlaskClient, tmp_path: Path) -> None:
+    location = _upload(admin, _traffic(tmp_path, [0] * 20)).headers["Location"]
+
+    html = admin.get(location).get_data(as_text=True)
+
+    assert 'id="imputed-warning"' not in html
+
+
 def test_results_unknown_or_malformed_id(admin: FlaskClient) -> None:
     for path in ("/analyses/0123456789abcdef", "/analyses/..%2F..%2Fsecret_key", "/analyses/nothex/predictions.csv"):
         response = admin.get(path)

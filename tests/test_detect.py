@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -17,7 +18,15 @@ import pandas as pd
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from client.detect import DetectionResult, FlowDetector, detect_file, detect_frame, follow_chunks, follow_file
+from client.detect import (
+    DetectionResult,
+    FlowDetector,
+    detect_file,
+    detect_frame,
+    follow_chunks,
+    follow_file,
+)
+from client.detect import main as detect_main
 from common.bundle import Bundle, load_bundle
 from common.exceptions import DataFileNotFoundError, DataValidationError
 from common.inference import KerasPredictor, OnnxPredictor, make_predictor
@@ -443,3 +452,47 @@ def test_follow_chunks_rejects_gzip(tmp_path: Path) -> None:
 
     with pytest.raises(DataValidationError, match="reads plain CSV only"):
         list(follow_chunks(traffic, poll_seconds=0.01, idle_timeout=0.05))
+
+
+def test_detect_frame_counts_mostly_missing_rows(bundle_w1: Bundle, caplog: pytest.LogCaptureFixture) -> None:
+    frame = toy_frame([1, 9, 2, 3])
+    frame.loc[1, ["a", "b"]] = ["x", ""]  # both numeric features unusable
+    frame.loc[2, "b"] = "y"  # one of two: not more than half
+
+    with caplog.at_level(logging.WARNING, logger="client.detect"):
+        result = detect_frame(bundle_w1, frame, predictor=LastFlowPredictor())
+
+    assert result.rows_scored == 4
+    assert result.mostly_imputed_rows == 1
+    assert result.to_summary()["mostly_imputed_rows"] == 1
+    assert "1 of 4 flow(s) in <frame> have more than half of their 2 numeric features" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--poll-seconds", "0"], "--poll-seconds must be above 0"),
+        (["--idle-timeout", "-5"], "--idle-timeout must be 0"),
+        (["--threads", "0"], "--threads must be at least 1"),
+    ],
+)
+def test_detect_main_rejects_bad_numbers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    arguments = ["--model", str(tmp_path / "none"), "--input", str(tmp_path / "in.csv")]
+    arguments += ["--out", str(tmp_path / "o.csv")]
+
+    assert detect_main([*arguments, *extra]) == 1
+
+    assert message in capsys.readouterr().err
+
+
+def test_detect_main_keeps_input_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capture = tmp_path / "capture.csv"
+    capture.write_text("a,b\n1,2\n", encoding="utf-8")
+
+    status = detect_main(["--model", str(tmp_path / "none"), "--input", str(capture), "--out", str(capture)])
+
+    assert status == 1
+    assert "is also an output file" in capsys.readouterr().err
+    assert capture.read_text(encoding="utf-8") == "a,b\n1,2\n"

@@ -106,6 +106,7 @@ def _result_summary(result: DetectionResult) -> dict[str, Any]:
         "signature_verified": bool(result.signature_verified),
         "rows_read": int(result.rows_read),
         "rows_scored": int(result.rows_scored),
+        "mostly_imputed_rows": int(result.mostly_imputed_rows),
         "seconds": float(result.seconds),
         "runtime": str(result.runtime),
         "window": int(result.window),
