@@ -392,6 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
+        if args.timeout <= 0:
+            raise PullError(f"--timeout must be above 0 seconds, got {args.timeout}")
         public_key = load_public_key(args.public_key) if args.public_key is not None else configured_public_key()
         if public_key is None:
             raise PullError(f"no public key to verify bundles: pass --public-key or set {PUBLIC_KEY_ENV}")

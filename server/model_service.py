@@ -450,8 +450,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         if args.command == "serve":
+            if not 0 <= args.port <= 65535:
+                raise ConfigError(f"--port must be between 0 and 65535, got {args.port}")
             _serve(args)
         elif args.command == "add-site":
+            # Checked before the token is issued, so another site's token file is never replaced.
+            if args.token_out is not None and args.token_out.exists():
+                raise ConfigError(
+                    f"--token-out {args.token_out} already exists; give each site its own token file"
+                )
             token = add_site(args.tokens, args.site)
             if args.token_out is not None:
                 _write_private(args.token_out, token + "\n")

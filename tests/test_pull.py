@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 
 from client.pull import ModelServiceClient, pull_bundle
+from client.pull import main as pull_main
 from common.bundle import file_sha256, load_bundle, load_public_key, pack_bundle
 from common.exceptions import PullError
 from server.model_service import add_site, revoke_site, token_hash
+from server.model_service import main as service_main
 from server.registry import Registry
 from server.signing import generate_keypair, load_private_key
 from tests.bundle_helpers import write_toy_dataset, write_toy_round
@@ -249,3 +251,34 @@ def test_service_log_never_contains_token(coordinator: Coordinator) -> None:
     assert "serve: site hospital-a GET /v1/versions/latest -> 200" in stderr
     assert token not in stderr
     assert "Traceback" not in stderr
+
+
+def test_add_site_keeps_existing_token_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tokens = tmp_path / "site-tokens.json"
+    token_file = tmp_path / "hospital-b.token"
+    token_file.write_text("earlier token\n", encoding="utf-8")
+
+    status = service_main(["add-site", "--tokens", str(tokens), "--site", "hospital-c", "--token-out", str(token_file)])
+
+    assert status == 1
+    assert "already exists" in capsys.readouterr().err
+    assert token_file.read_text(encoding="utf-8") == "earlier token\n"
+    assert not tokens.exists()
+
+
+def test_serve_rejects_port_out_of_range(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    arguments = ["serve", "--registry", str(tmp_path), "--tokens", str(tmp_path / "t.json")]
+    arguments += ["--cert", str(tmp_path / "c.pem"), "--key", str(tmp_path / "c.key"), "--port", "-1"]
+
+    assert service_main(arguments) == 1
+
+    assert "--port must be between 0 and 65535, got -1" in capsys.readouterr().err
+
+
+def test_pull_negative_timeout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    arguments = ["--url", "https://127.0.0.1:9", "--token-file", str(tmp_path / "t"), "--ca", str(tmp_path / "ca.pem")]
+    arguments += ["--to", str(tmp_path / "models"), "--timeout", "-1"]
+
+    assert pull_main(arguments) == 1
+
+    assert "--timeout must be above 0 seconds, got -1.0" in capsys.readouterr().err
