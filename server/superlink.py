@@ -3,7 +3,7 @@
 Examples::
 
     python -m server.superlink start --state-dir /srv/fedids --tls-dir secrets \\
-        --host 0.0.0.0 --port 9093
+        --host 203.0.113.10 --port 9093
     python -m server.superlink register-site --state-dir /srv/fedids \\
         --name hospital-a --public-key hospital-a.pub
     python -m server.superlink submit --state-dir /srv/fedids --app . \\
