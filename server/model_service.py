@@ -427,6 +427,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> None:
+    if not Path(args.registry).is_dir():
+        raise RegistryError(
+            f"registry folder {args.registry} not found; pass the registry-dir of the runs that publish bundles"
+        )
+    if Path(args.key).is_file() and Path(args.key).stat().st_mode & 0o077:
+        logger.warning(
+            "serve: TLS private key %s is readable by other users; restrict it with chmod 600", args.key
+        )
     service = start_service(args.registry, args.tokens, args.cert, args.key, args.host, args.port)
     host, port = service.server_address[:2]
 

@@ -266,7 +266,7 @@ def test_add_site_keeps_existing_token_file(tmp_path: Path, capsys: pytest.Captu
     assert not tokens.exists()
 
 
-def test_serve_rejects_port_out_of_range(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_serve_port_out_of_range(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     arguments = ["serve", "--registry", str(tmp_path), "--tokens", str(tmp_path / "t.json")]
     arguments += ["--cert", str(tmp_path / "c.pem"), "--key", str(tmp_path / "c.key"), "--port", "-1"]
 
@@ -282,3 +282,12 @@ def test_pull_negative_timeout(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert pull_main(arguments) == 1
 
     assert "--timeout must be above 0 seconds, got -1.0" in capsys.readouterr().err
+
+
+def test_serve_missing_registry(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    arguments = ["serve", "--registry", str(tmp_path / "absent"), "--tokens", str(tmp_path / "t.json")]
+    arguments += ["--cert", str(tmp_path / "c.pem"), "--key", str(tmp_path / "c.key"), "--port", "0"]
+
+    assert service_main(arguments) == 1
+
+    assert "registry folder" in capsys.readouterr().err

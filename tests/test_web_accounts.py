@@ -259,6 +259,7 @@ def test_create_admin_command_reads_stdin(tmp_path: Path) -> None:
         max_failures=3, max_failures_per_address=5, window=WINDOW,
     )
     assert store.sign_in("alice", "correct horse battery", "127.0.0.1").user is not None
+    assert stat.S_IMODE(os.stat(instance / "web.db").st_mode) & 0o077 == 0
 
 
 def test_create_admin_command_rejects_short_password(tmp_path: Path) -> None:

@@ -83,7 +83,7 @@ class AuditLog:
                     detail=detail[:2000],
                 )
             )
-        logger.info("audit: %s by %r %s", action, username, file_sha256 or detail[:80])
+        logger.info("audit: %s by %r %s", action, username[:64], file_sha256 or detail[:80])
 
     def page(self, page: int, per_page: int = 50) -> AuditPage:
         """Return events of page ``page`` (1-based), newest first; out-of-range pages are clamped."""

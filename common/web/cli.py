@@ -250,6 +250,9 @@ def main(
     """
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The database contains password hashes and the audit log, and analyses contain
+    # the site's predictions: files this command creates are for its owner only.
+    previous_umask = os.umask(0o077)
     try:
         settings = settings_from_arguments(arguments)
         if arguments.command == "serve":
@@ -263,3 +266,5 @@ def main(
     except (FedIDSError, OSError) as error:
         print(f"{name}: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        os.umask(previous_umask)
