@@ -347,22 +347,56 @@ class FederationFailedError(Exception):
     """The simulation engine or the ServerApp stopped with an error."""
 
 
+#: Seconds that ray.shutdown() may take before this process ends Ray's workers itself.
+RAY_SHUTDOWN_SECONDS = 20.0
+
+
 def _shutdown_and_exit(code: int) -> None:
     """End the process at once, after stopping Ray.
 
     Flower's ServerApp runs in a thread that is not a daemon and can wait out
     long round timeouts after a failure, so a normal interpreter exit could
     hang; Ray is stopped first so that none of its processes outlive this one.
+    ``ray.shutdown()`` itself can block after an interrupt, so it runs in a
+    thread with a time limit, and whatever child processes remain after it
+    are ended by their process ids.
     """
     try:
+        import threading
+
         import ray
 
         if ray.is_initialized():
-            ray.shutdown()
+            stopper = threading.Thread(target=ray.shutdown, daemon=True)
+            stopper.start()
+            stopper.join(RAY_SHUTDOWN_SECONDS)
+            if stopper.is_alive():
+                logger.warning(
+                    "shutdown: Ray did not stop within %.0f s; ending its processes", RAY_SHUTDOWN_SECONDS
+                )
+        _end_child_processes()
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def _end_child_processes(grace_seconds: float = 5.0) -> None:
+    """Terminate, then kill, every process that this process started and that still runs."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        try:
+            child.terminate()
+        except psutil.NoSuchProcess:
+            continue
+    _, alive = psutil.wait_procs(children, timeout=grace_seconds)
+    for child in alive:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            continue
 
 
 def run_federation(settings: dict[str, Any], n_sites: int) -> None:
