@@ -40,3 +40,13 @@ def wustl_path(wustl_config: DatasetConfig) -> Path:
 def nfton_path(nfton_config: DatasetConfig) -> Path:
     """Path of the real NF-ToN-IoT-v2 sample CSV."""
     return _real_file(nfton_config)
+
+
+@pytest.fixture
+def task_identity() -> None:
+    """Set the task identity that Flower's Message() reads; only a Flower runtime sets it otherwise."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id = 1
+    TaskIdentity.task_id = 1
+    TaskIdentity.node_id = 1

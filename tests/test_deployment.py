@@ -22,7 +22,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,6 @@ from typing import Any
 
 import keras
 import pandas as pd
-import psutil
 import pytest
 
 from client.keys import create_site_credentials
@@ -40,6 +38,7 @@ from common.loading import load_flows
 from server.strategy import EVALUATE_METRIC_KEYS, TRAIN_METRIC_KEYS
 from server.superlink import list_sites, remove_site, run_status, start_superlink, stop_superlink
 from simulations.federation import LocalFederation, RunResult, SiteSpec, run_plain, run_with_kill
+from tests.process_helpers import TAG_ENV, tagged_pids, wait_until_gone
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,7 +50,6 @@ SITE_SLICES = {"hospital-a": (0, 2000), "hospital-b": (2000, 4500), "hospital-c"
 RUN_TIMEOUT = 900.0
 
 #: Environment variable marking every process of this module's federations.
-TAG_ENV = "FEDIDS_TEST_RUN_TAG"
 
 #: Query reply entries a site may send: statistics and counts, never rows.
 QUERY_KEYS = {"statistics", "class-counts", "n-rows", "n-train-rows", "site-name"}
@@ -95,24 +93,6 @@ def _write_site_files(wustl_path: Path, folder: Path) -> dict[str, Path]:
         paths[name] = folder / f"{name}.csv"
         frame.iloc[start:end].to_csv(paths[name], index=False)
     return paths
-
-
-def _tagged_pids(tag: str) -> set[int]:
-    pids = set()
-    for process in psutil.process_iter(["pid"]):
-        try:
-            if process.environ().get(TAG_ENV) == tag and process.status() != psutil.STATUS_ZOMBIE:
-                pids.add(process.info["pid"])
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return pids
-
-
-def _wait_until_gone(tag: str, seconds: float = 30.0) -> set[int]:
-    deadline = time.monotonic() + seconds
-    while _tagged_pids(tag) and time.monotonic() < deadline:
-        time.sleep(1)
-    return _tagged_pids(tag)
 
 
 def _rounds(run_dir: Path) -> dict[int, dict[str, Any]]:
@@ -363,11 +343,11 @@ def test_deployment_removed_site_disconnected(deployment: Deployment, killed_run
 
 
 def test_deployment_stop_leaves_no_process(deployment: Deployment, killed_run: tuple[RunResult, Path]) -> None:
-    assert _tagged_pids(deployment.tag), "the federation should be running before the stop"
+    assert tagged_pids(deployment.tag), "the federation should be running before the stop"
 
     deployment.federation.stop()
 
-    assert not _wait_until_gone(deployment.tag)
+    assert not wait_until_gone(deployment.tag)
 
 
 # ---------------------------------------------------------------------------
@@ -471,4 +451,4 @@ def test_deployment_across_network_namespaces(
     superlink_log = (tmp_path / "work" / "coordinator" / "logs" / "superlink.log").read_text()
     for index in range(2, 2 + len(namespaces)):
         assert f"{NETNS_SUBNET}.{index}:" in superlink_log, f"no Fleet request from {NETNS_SUBNET}.{index}"
-    assert not _wait_until_gone(tag)
+    assert not wait_until_gone(tag)

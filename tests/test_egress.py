@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,20 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import app as client_app
 from client.egress import EGRESS_LOG_KEY, describe_records, egress_audit_mod
 from server.settings import FederationSettings
 
-
-@pytest.fixture(autouse=True)
-def task_identity() -> Iterator[None]:
-    """Set the task identity that Message() reads; only a Flower runtime sets it otherwise."""
-    TaskIdentity.run_id = 1
-    TaskIdentity.task_id = 1
-    TaskIdentity.node_id = 1
-    yield
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def _message(message_type: str, config: dict[str, Any] | None = None) -> Message:

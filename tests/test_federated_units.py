@@ -12,7 +12,7 @@ import logging
 import math
 import tomllib
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import app as client_app
 from client.app import evaluate, query, train
@@ -48,13 +47,7 @@ TEST_ROWS = 120
 # ---------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def task_identity() -> Iterator[None]:
-    """Set the task identity that Message() reads; only a Flower runtime sets it otherwise."""
-    TaskIdentity.run_id = 1
-    TaskIdentity.task_id = 1
-    TaskIdentity.node_id = 1
-    yield
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 @pytest.fixture(scope="module")

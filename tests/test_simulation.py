@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import psutil
 import pytest
 
 from client.detect import detect_file
@@ -24,6 +23,7 @@ from common.preprocessing import FeatureStatistics, Preprocessor
 from common.site import site_split
 from server.registry import Registry
 from server.signing import generate_keypair
+from tests.process_helpers import TAG_ENV, wait_until_gone
 
 ROOT = Path(__file__).resolve().parent.parent
 SIMULATE = ROOT / "simulations" / "simulate.py"
@@ -45,26 +45,6 @@ RUN_TIMEOUT_SECONDS = 900
 
 #: Environment variable that marks the processes of one test run; Ray's
 #: services and workers inherit it from simulate.py.
-TAG_ENV = "FEDIDS_TEST_RUN_TAG"
-
-
-def _tagged_pids(tag: str) -> set[int]:
-    """Return the ids of live processes whose environment carries ``tag``."""
-    pids = set()
-    for process in psutil.process_iter(["pid"]):
-        try:
-            if process.environ().get(TAG_ENV) == tag and process.status() != psutil.STATUS_ZOMBIE:
-                pids.add(process.info["pid"])
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return pids
-
-
-def _wait_until_gone(tag: str, seconds: float = 30) -> set[int]:
-    deadline = time.monotonic() + seconds
-    while _tagged_pids(tag) and time.monotonic() < deadline:
-        time.sleep(1)
-    return _tagged_pids(tag)
 
 
 def _environment(data_dir: Path, tag: str = "") -> dict[str, str]:
@@ -226,7 +206,7 @@ def test_simulation_bundle_detects_held_out_flows(
 
 def test_simulation_leaves_no_process(simulation_run: SimulationRun) -> None:
     _, _, tag = simulation_run
-    assert not _wait_until_gone(tag)
+    assert not wait_until_gone(tag)
 
 
 # NOTE: in the full suite, simulate.py sometimes does not exit within 90 s of
@@ -265,7 +245,7 @@ def test_simulation_interrupt_leaves_no_process(tmp_path: Path, wustl_path: Path
         process.communicate()
         raise
     assert process.returncode == 130
-    assert not _wait_until_gone(tag)
+    assert not wait_until_gone(tag)
 
 
 def test_simulation_rejects_bad_site_file_argument(tmp_path: Path, wustl_path: Path) -> None:
