@@ -22,6 +22,7 @@ import datetime
 import hashlib
 import ipaddress
 import os
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +169,26 @@ def _check_writable(path: Path, overwrite: bool) -> None:
         raise CredentialError(f"{path} already exists; remove it first or pass the overwrite option to replace it")
 
 
+def write_private_file(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` readable only by its owner (mode 0600), replacing the file atomically.
+
+    The temporary file gets its mode at creation, so the data is never
+    readable by others, not even briefly.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "wb") as stream:
+            stream.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def write_private_key(
     path: Path, key: ec.EllipticCurvePrivateKey, *, openssh: bool = False, overwrite: bool = False
 ) -> Path:
@@ -177,15 +198,9 @@ def write_private_key(
     --auth-supernode-private-key`` reads; otherwise PKCS#8 PEM for TLS servers.
     """
     _check_writable(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
     key_format = serialization.PrivateFormat.OpenSSH if openssh else serialization.PrivateFormat.PKCS8
     data = key.private_bytes(serialization.Encoding.PEM, key_format, serialization.NoEncryption())
-    # The mode is set at creation so that the key is never readable by others, not even briefly.
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as stream:
-        stream.write(data)
-    path.chmod(0o600)
-    return path
+    return write_private_file(path, data)
 
 
 def write_certificate(path: Path, certificate: x509.Certificate, *, overwrite: bool = False) -> Path:
@@ -227,7 +242,7 @@ def load_pem_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
     except (ValueError, TypeError, UnsupportedAlgorithm) as error:
         raise CredentialError(f"{path} is not an unencrypted PEM private key: {error}") from error
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise CredentialError(f"{path} holds a {type(key).__name__}; expected an elliptic-curve key")
+        raise CredentialError(f"{path} contains a {type(key).__name__}; expected an elliptic-curve key")
     return key
 
 
@@ -323,7 +338,7 @@ def load_auth_public_key(path: Path) -> ec.EllipticCurvePublicKey:
         raise CredentialError(f"{path} is not an OpenSSH public key: {error}") from error
     if not isinstance(key, ec.EllipticCurvePublicKey) or not key.curve.name.startswith("secp"):
         raise CredentialError(
-            f"{path} holds a {type(key).__name__}; SuperNode authentication needs an elliptic-curve key "
+            f"{path} contains a {type(key).__name__}; SuperNode authentication needs an elliptic-curve key "
             "on a NIST curve, as created by python -m client.keys"
         )
     return key
@@ -344,7 +359,7 @@ def load_auth_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
     except (ValueError, TypeError, UnsupportedAlgorithm) as error:
         raise CredentialError(f"{path} is not an unencrypted OpenSSH private key: {error}") from error
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise CredentialError(f"{path} holds a {type(key).__name__}; expected an elliptic-curve key")
+        raise CredentialError(f"{path} contains a {type(key).__name__}; expected an elliptic-curve key")
     return key
 
 

@@ -60,6 +60,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from common.credentials import write_private_file
 from common.exceptions import ConfigError, FedIDSError, RegistryError
 from server.registry import Registry
 
@@ -112,16 +113,6 @@ def _read_tokens_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically with mode 0600."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
-        stream.write(text)
-    os.replace(temporary, path)
-
-
 def add_site(tokens_path: str | os.PathLike[str], site: str) -> str:
     """Create a new token for ``site``, store its hash and return the token (shown once).
 
@@ -138,7 +129,7 @@ def add_site(tokens_path: str | os.PathLike[str], site: str) -> str:
         raise ConfigError(f"site {site!r} already has a token in {path}; revoke it first to issue a new one")
     token = secrets.token_urlsafe(32)
     data["sites"][site] = {"sha256": token_hash(token), "created": datetime.now(UTC).isoformat(timespec="seconds")}
-    _write_private(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    write_private_file(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))
     logger.info("tokens: issued a token for site %s in %s", site, path)
     return token
 
@@ -156,7 +147,7 @@ def revoke_site(tokens_path: str | os.PathLike[str], site: str) -> None:
     if site not in data["sites"]:
         raise ConfigError(f"site {site!r} has no token in {path}; known sites: {sorted(data['sites'])}")
     del data["sites"][site]
-    _write_private(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    write_private_file(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))
     logger.info("tokens: revoked the token of site %s", site)
 
 
@@ -469,7 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             token = add_site(args.tokens, args.site)
             if args.token_out is not None:
-                _write_private(args.token_out, token + "\n")
+                write_private_file(args.token_out, (token + "\n").encode("utf-8"))
                 print(f"add-site: wrote the token of {args.site} to {args.token_out}; give it to the site only")
             else:
                 print(token)

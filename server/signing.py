@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from common.bundle import MANIFEST_FILE, SIGNATURE_FILE, key_fingerprint, load_public_key
+from common.credentials import write_private_file
 from common.exceptions import BundleVerificationError, ConfigError, FedIDSError
 
 logger = logging.getLogger(__name__)
@@ -68,9 +69,7 @@ def generate_keypair(out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
     public_pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    descriptor = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "wb") as stream:
-        stream.write(private_pem)
+    write_private_file(private_path, private_pem)
     public_path.write_bytes(public_pem)
     logger.info("signing: wrote %s (mode 0600) and %s", private_path, public_path)
     return private_path, public_path

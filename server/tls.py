@@ -20,13 +20,19 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from common.credentials import SERVER_VALID_DAYS, TLSFiles, certificate_names, create_tls_files, load_certificate
+from common.credentials import (
+    SERVER_VALID_DAYS,
+    TLSFiles,
+    certificate_names,
+    create_tls_files,
+    load_certificate,
+    write_private_file,
+)
 from common.exceptions import FedIDSError
 
 logger = logging.getLogger(__name__)
@@ -46,10 +52,7 @@ def create_superexec_secret(out_dir: Path) -> Path:
     """Write a random 256-bit SuperExec secret as hex (mode 0600), unless the file exists."""
     path = Path(out_dir) / SUPEREXEC_SECRET_FILE
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w", encoding="ascii") as stream:
-            stream.write(secrets.token_hex(32))
+        write_private_file(path, secrets.token_hex(32).encode("ascii"))
     return path
 
 

@@ -28,6 +28,7 @@ from common.credentials import (
     load_auth_public_key,
     load_certificate,
     public_key_fingerprint,
+    write_private_file,
 )
 from common.exceptions import ConfigError, CredentialError, DeploymentError
 from common.processes import wait_for_tls_port
@@ -405,3 +406,14 @@ def test_superexec_secret_created_once(tmp_path: Path) -> None:
     assert len(first) == 64
     assert int(first, 16) >= 0
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_write_private_file_replaces_owner_only(tmp_path: Path) -> None:
+    target = tmp_path / "nested" / "token"
+
+    write_private_file(target, b"first\n")
+    write_private_file(target, b"second\n")
+
+    assert target.read_bytes() == b"second\n"
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
+    assert sorted(path.name for path in target.parent.iterdir()) == ["token"]
