@@ -81,7 +81,11 @@ def describe_records(content: RecordDict) -> list[dict[str, Any]]:
                     }
                 )
             continue
-        kind = "metric" if isinstance(record, MetricRecord) else "config" if isinstance(record, ConfigRecord) else None
+        kind: str | None = None
+        if isinstance(record, MetricRecord):
+            kind = "metric"
+        elif isinstance(record, ConfigRecord):
+            kind = "config"
         if kind is None:
             entries.append(
                 {"record": record_name, "kind": type(record).__name__, "key": "", "type": "", "count": 0, "bytes": 0}

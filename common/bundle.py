@@ -614,9 +614,9 @@ class Bundle:
     def model(self) -> keras.Model:
         """The Keras model, loaded on first use and checked against the preprocessing.
 
-        NOTE: model.keras (and model.onnx, read by the runtime) are read after
-        verification, so a process that can write the bundle folder in between
-        could swap them; keep site bundle folders writable only by the detector.
+        NOTE: model.keras and model.onnx are read after verification, so a
+        process that can write the bundle folder in between could swap them.
+        Keep site bundle folders writable only by the detector.
         """
         if self._model is None:
             self._model = _load_keras_model(self.path / MODEL_FILE, self.preprocessor)

@@ -380,9 +380,8 @@ class Registry:
         except ModelMismatchError as error:
             logger.warning("registry: %s is published without model.onnx: %s", version, error)
         except Exception as error:
-            # model.onnx is optional and sites fall back to Keras, while the
-            # converter can fail in many ways (TensorFlow, tf2onnx, onnx
-            # errors); none of them may stop the round from being published.
+            # model.onnx is optional because sites fall back to Keras. The converter
+            # can fail in TensorFlow, tf2onnx or onnx, and no such failure may stop publishing.
             (bundle_dir / ONNX_FILE).unlink(missing_ok=True)
             logger.warning(
                 "registry: %s is published without model.onnx: export failed: %s: %s",

@@ -199,7 +199,7 @@ def start_superlink(settings: SuperLinkSettings, *, ready_timeout: float = 60.0)
         If a TLS file is missing.
     DeploymentError
         If a SuperLink of this state folder already runs, or it exits or
-        does not answer a verified TLS handshake within ``ready_timeout`` seconds.
+        does not complete a verified TLS handshake within ``ready_timeout`` seconds.
     """
     _check_tls_files(settings)
     layout = settings.layout
@@ -235,7 +235,7 @@ def start_superlink(settings: SuperLinkSettings, *, ready_timeout: float = 60.0)
         returncode = process.poll()
         stop_process_tree(process.pid)
         layout.pid_file.unlink(missing_ok=True)
-        state = f"exited with code {returncode}" if returncode is not None else "did not answer"
+        state = f"exited with code {returncode}" if returncode is not None else "timed out waiting for a TLS handshake"
         raise DeploymentError(f"SuperLink {state}; see {layout.log_file}: {error}") from error
     logger.info(
         "superlink: started process %d on %s:%d with TLS and SuperNode authentication, state in %s",

@@ -20,8 +20,8 @@ for each runtime, it starts a fresh worker process that
 - reports its peak resident memory (``VmHWM`` of that process, so each
   runtime is measured alone: a Keras worker imports TensorFlow, an ONNX
   worker never does). ``ru_maxrss`` is not used because Linux carries it
-  over from the parent through fork and exec, and the parent holds
-  TensorFlow and a training run.
+  over from the parent through fork and exec, and the parent has loaded
+  TensorFlow and trained a model.
 
 It also runs the real command (``python -m client.detect``) once per
 configuration and reports its wall time and peak memory, Python start-up

@@ -140,7 +140,7 @@ def test_mod_records_and_reraises_handler_error(tmp_path: Path) -> None:
     assert line["error_bytes"] == len("flows.csv: column SrcLoad is missing")
 
 
-def test_client_app_query_on_real_file_sends_statistics_only(wustl_path: Path, tmp_path: Path) -> None:
+def test_query_real_file_sends_statistics_only(wustl_path: Path, tmp_path: Path) -> None:
     frame = pd.read_csv(wustl_path, dtype=str, keep_default_na=False, nrows=1500)
     data = tmp_path / "site.csv"
     frame.to_csv(data, index=False)

@@ -31,8 +31,8 @@ SIMULATE = ROOT / "simulations" / "simulate.py"
 #: Output folder, finished process and the tag of its processes.
 SimulationRun = tuple[Path, "subprocess.CompletedProcess[str]", str]
 
-#: Rows of the real capture the simulation may use; the rows after them are
-#: never seen by any site and serve as the held-out slice for detection.
+#: Rows of the real capture the simulation may use. No site sees the rows
+#: after them, so they are the held-out slice for detection.
 SIMULATION_ROWS = 6000
 
 #: Floor on the attack F1 of the simulated run's final bundle on the held-out
@@ -209,8 +209,8 @@ def test_simulation_leaves_no_process(simulation_run: SimulationRun) -> None:
     assert not wait_until_gone(tag)
 
 
-# NOTE: in the full suite, simulate.py sometimes does not exit within 90 s of
-# SIGINT (it passes when run alone); the cause is not found yet.
+# NOTE: in the full suite simulate.py has not exited within 90 s of SIGINT,
+# while the test passes alone and with its own module. The cause is not known yet.
 @pytest.mark.xfail(reason="simulate.py can hang after SIGINT when run in the full suite", strict=False)
 def test_simulation_interrupt_leaves_no_process(tmp_path: Path, wustl_path: Path) -> None:
     tag = f"interrupt-{os.getpid()}"

@@ -19,7 +19,7 @@ def test_macro_f1_three_classes() -> None:
     assert macro_f1(y_true, y_pred) == pytest.approx((0.5 + 0.8 + 0.0) / 3)
 
 
-def test_macro_f1_predicted_class_absent_from_truth_counts_zero() -> None:
+def test_macro_f1_absent_class_scores_zero() -> None:
     y_true = np.array([0, 0, 0, 0])
     y_pred = np.array([0, 0, 0, 3])
 
@@ -38,7 +38,7 @@ def _toy(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return X.astype(np.float32), y
 
 
-def test_fit_model_monitor_macro_f1_logged_and_best_restored() -> None:
+def test_fit_model_restores_best_macro_f1() -> None:
     keras.utils.set_random_seed(3)
     X_train, y_train = _toy(240, 0)
     X_val, y_val = _toy(60, 1)
