@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -399,6 +400,30 @@ def _end_child_processes(grace_seconds: float = 5.0) -> None:
             continue
 
 
+def _start_ray(num_cpus: int) -> None:
+    """Start Ray for the simulation engine, then put this process's signal handlers back.
+
+    ``ray.init()`` replaces the SIGTERM handler with one that raises
+    ``SystemExit`` in the middle of Flower's engine. Flower's Ray backend uses
+    a running Ray as it is, so starting Ray here lets ``_stop_on_signal`` stay
+    in charge. The workers get this process's import path, as Flower's own
+    start would give them, so that they can import the ClientApp.
+    """
+    import ray
+
+    import_path = os.pathsep.join(sys.path)
+    if os.environ.get("PYTHONPATH"):
+        import_path = f"{import_path}{os.pathsep}{os.environ['PYTHONPATH']}"
+    os.environ["PYTHONPATH"] = import_path
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        runtime_env={"env_vars": {"PYTHONPATH": import_path}},
+    )
+    signal.signal(signal.SIGINT, _stop_on_signal)
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+
+
 def run_federation(settings: dict[str, Any], n_sites: int) -> None:
     """Run the ServerApp and one ClientApp per site on Flower's simulation engine."""
     # Start this process's TensorFlow runtime with its default thread pools
@@ -414,10 +439,8 @@ def run_federation(settings: dict[str, Any], n_sites: int) -> None:
 
     _ = tf.constant(0) + 1
     os.environ.update({"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1"})
-    backend_config = {
-        "init_args": {"num_cpus": max(os.cpu_count() or 1, 1), "include_dashboard": False},
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-    }
+    _start_ray(num_cpus=max(os.cpu_count() or 1, 1))
+    backend_config = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}}
     logger.info("federation: starting %d sites for %d rounds", n_sites, settings["num-rounds"])
     try:
         run_simulation(
@@ -435,6 +458,21 @@ def run_federation(settings: dict[str, Any], n_sites: int) -> None:
             os.environ.pop(name, None)
 
 
+def _stop_on_signal(signum: int, _frame: object) -> None:
+    """End the run at once when the user interrupts or a supervisor terminates it.
+
+    ``KeyboardInterrupt`` is not left to unwind through Flower's simulation
+    engine, whose clean-up calls ``ray.shutdown()`` on the main thread while
+    worker threads still wait for Ray results, with no time limit. The handler
+    stops Ray with a time limit and exits with 128 + the signal number; a
+    second signal during the shutdown is ignored.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print("interrupted" if signum == signal.SIGINT else "terminated", file=sys.stderr)
+    _shutdown_and_exit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -445,14 +483,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from common.exceptions import FedIDSError
 
+    signal.signal(signal.SIGINT, _stop_on_signal)
+    signal.signal(signal.SIGTERM, _stop_on_signal)
     try:
         report = run(args)
     except (FedIDSError, FederationFailedError) as error:
         print(f"error: {error}", file=sys.stderr)
         _shutdown_and_exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        _shutdown_and_exit(130)
     print(format_report(report))
     print(f"wrote {args.out / 'report.json'}, {args.out / 'history.jsonl'} and {args.out / 'report.png'}")
     return 0
