@@ -401,13 +401,11 @@ def _end_child_processes(grace_seconds: float = 5.0) -> None:
 
 
 def _start_ray(num_cpus: int) -> None:
-    """Start Ray for the simulation engine, then put this process's signal handlers back.
+    """Start Ray for the simulation engine, then install this process's signal handlers again.
 
     ``ray.init()`` replaces the SIGTERM handler with one that raises
-    ``SystemExit`` in the middle of Flower's engine. Flower's Ray backend uses
-    a running Ray as it is, so starting Ray here lets ``_stop_on_signal`` stay
-    in charge. The workers get this process's import path, as Flower's own
-    start would give them, so that they can import the ClientApp.
+    ``SystemExit`` inside Flower's engine. Flower's Ray backend reuses a Ray
+    that is already running, so ``_stop_on_signal`` stays in charge.
     """
     import ray
 
@@ -459,13 +457,12 @@ def run_federation(settings: dict[str, Any], n_sites: int) -> None:
 
 
 def _stop_on_signal(signum: int, _frame: object) -> None:
-    """End the run at once when the user interrupts or a supervisor terminates it.
+    """End the run at once on SIGINT or SIGTERM, with exit code 128 + the signal number.
 
-    ``KeyboardInterrupt`` is not left to unwind through Flower's simulation
-    engine, whose clean-up calls ``ray.shutdown()`` on the main thread while
-    worker threads still wait for Ray results, with no time limit. The handler
-    stops Ray with a time limit and exits with 128 + the signal number; a
-    second signal during the shutdown is ignored.
+    Flower's clean-up after ``KeyboardInterrupt`` calls ``ray.shutdown()`` on
+    the main thread while worker threads still wait for Ray results, with no
+    time limit. This handler stops Ray with a time limit instead and ignores a
+    second signal during the shutdown.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -210,7 +210,7 @@ def test_simulation_leaves_no_process(simulation_run: SimulationRun) -> None:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
-def test_simulation_stopped_by_signal_leaves_no_process(
+def test_signal_stops_simulation_cleanly(
     tmp_path: Path, wustl_path: Path, signum: signal.Signals
 ) -> None:
     tag = f"signal-{signum.name}-{os.getpid()}"
