@@ -252,8 +252,8 @@ class FlowDetector:
         if len(frame) == 0:
             return self._empty_predictions(frame)
 
-        self._warn_mostly_missing(frame, source)
         table = clean_flows(frame, self.config, self.task, source=source, require_labels=False)
+        self._warn_mostly_missing(table.features, len(frame), source)
         X = self.bundle.preprocessor.transform(table.features)
         assert table.source_rows is not None and self._context is not None
         rows = table.source_rows + offset
@@ -271,26 +271,26 @@ class FlowDetector:
         self.rows_scored += len(scored_rows)
         return predictions
 
-    def _warn_mostly_missing(self, frame: pd.DataFrame, source: str) -> None:
-        """Count and log rows whose numeric features are mostly empty or not numbers.
+    def _warn_mostly_missing(self, features: pd.DataFrame, n_rows: int, source: str) -> None:
+        """Count and log rows whose numeric features are mostly empty, infinite or not numbers.
 
         Such rows (cut-off lines, text where numbers belong) are still scored,
         so that every flow keeps its place in the windows, but their verdict
         rests on the federation's imputed means rather than on the traffic.
+        ``features`` is the cleaned table, where every such value is NaN.
         """
         columns = list(self.config.numeric_features)
         if not columns:
             return
-        numeric = frame[columns].apply(pd.to_numeric, errors="coerce")
-        missing_share = numeric.isna().to_numpy().mean(axis=1)
+        missing_share = np.isnan(features[columns].to_numpy(dtype=np.float64)).mean(axis=1)
         count = int(np.count_nonzero(missing_share > 0.5))
         if count:
             self.mostly_imputed_rows += count
             logger.warning(
-                "detect: %d of %d flow(s) in %s have more than half of their %d numeric features empty "
-                "or not numbers; their verdicts rest on imputed values, so check the flow exporter",
+                "detect: %d of %d flow(s) in %s have more than half of their %d numeric features empty, "
+                "infinite or not numbers; their verdicts rest on imputed values, so check the flow exporter",
                 count,
-                len(frame),
+                n_rows,
                 source,
                 len(columns),
             )

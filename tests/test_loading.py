@@ -164,6 +164,37 @@ def test_read_truncated_gzip_rejected(tmp_path: Path) -> None:
         read_flow_csv(path)
 
 
+def _pandas_reference(path: Path) -> pd.DataFrame:
+    """Read a CSV the slow, plain way that read_flow_csv's fast reader must match."""
+    raw = pd.read_csv(path, header=None, dtype=str, na_filter=False, encoding="utf-8-sig")
+    frame = raw.iloc[1:].reset_index(drop=True)
+    frame.columns = pd.Index([str(name).strip() for name in raw.iloc[0]])
+    return frame
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"a,b,c\n1,2,3\n4,5,6\n",
+        b"\xef\xbb\xbfa,b,c\r\n1,,3\r\n",  # byte-order mark, CRLF, empty field
+        b"a,b,c\n1,2\n4,5,6\n",  # a short row is padded with a missing value
+        b'a,b,c\n1,"x\ny",3\n\n4,"",NA\n',  # quoted newline, blank line, quoted empty, NA text
+        b"a,b,c\r1,2,3\r",  # old Mac line endings
+        b"a,b,c\n 1 , null ,inf\n",  # whitespace and words are kept as written
+    ],
+    ids=["plain", "bom-crlf", "short-row", "quoted", "cr", "spaces"],
+)
+def test_read_matches_pandas_reader(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "flows.csv"
+    path.write_bytes(content)
+
+    pd.testing.assert_frame_equal(read_flow_csv(path), _pandas_reference(path))
+
+
+def test_read_real_file_matches_pandas_reader(wustl_path: Path) -> None:
+    pd.testing.assert_frame_equal(read_flow_csv(wustl_path), _pandas_reference(wustl_path))
+
+
 # --- clean_flows: columns and labels -----------------------------------------
 
 
