@@ -584,7 +584,9 @@ class Bundle:
     Attributes
     ----------
     path : Path
-        The unpacked bundle folder.
+        A private copy of the verified files (mode 0700), which every later
+        read uses, so that a change to the source after verification has no
+        effect.
     preprocessor : Preprocessor
         The federation's preprocessing: features, vocabularies, agreed
         minimum and maximum, window length and classes.
@@ -597,6 +599,8 @@ class Bundle:
         The decoded ``manifest.json``.
     dataset_config : DatasetConfig
         The cleaning rules and label map from ``dataset.toml``.
+    source : Path or None
+        The folder or archive the bundle was loaded from.
     """
 
     path: Path
@@ -606,18 +610,14 @@ class Bundle:
     signature_verified: bool
     manifest: dict[str, Any]
     dataset_config: DatasetConfig
+    source: Path | None = None
     _model: Any = field(default=None, repr=False)
-    # Keeps an archive's extraction folder alive as long as the bundle.
+    # Keeps the private copy alive as long as the bundle.
     _workspace: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
 
     @property
     def model(self) -> keras.Model:
-        """The Keras model, loaded on first use and checked against the preprocessing.
-
-        NOTE: model.keras and model.onnx are read after verification, so a
-        process that can write the bundle folder in between could swap them.
-        Keep site bundle folders writable only by the detector.
-        """
+        """The Keras model, loaded on first use from the verified copy and checked against the preprocessing."""
         if self._model is None:
             self._model = _load_keras_model(self.path / MODEL_FILE, self.preprocessor)
         return self._model
@@ -679,18 +679,38 @@ def load_bundle(
     """
     source = Path(path)
     key = load_public_key(public_key) if public_key is not None else configured_public_key()
-    workspace = None
-    folder = source
-    if source.is_file():
-        workspace = tempfile.TemporaryDirectory(prefix="fedids-bundle-")
-        folder = unpack_bundle(source, Path(workspace.name) / "bundle")
-    elif source.exists():
-        # Resolve a link such as a site's "current" now, so that files read
-        # later come from the folder that was verified even if the link moves.
-        folder = source.resolve()
-    else:
+    if not source.exists():
         raise BundleVerificationError(f"model bundle not found: {source}; pass a bundle folder or .tar.gz archive")
+    # The files are verified and later read in a folder that only this
+    # process writes (TemporaryDirectory creates it with mode 0700), so a
+    # file swapped in the source after verification is never loaded.
+    workspace = tempfile.TemporaryDirectory(prefix="fedids-bundle-")
+    folder = Path(workspace.name) / "bundle"
+    try:
+        if source.is_file():
+            unpack_bundle(source, folder)
+        else:
+            _copy_bundle_folder(source.resolve(), folder)
+        bundle = _load_verified(folder, key, require_signature)
+    except BundleVerificationError as error:
+        workspace.cleanup()
+        # Name the user's folder or archive, not the private copy.
+        raise BundleVerificationError(str(error).replace(str(folder), str(source))) from error
+    bundle.source = source
+    bundle._workspace = workspace
+    logger.info(
+        "bundle: loaded %s from %s (signature %s, W=%d, classes %s)",
+        bundle.version,
+        source,
+        "verified" if bundle.signature_verified else "NOT verified",
+        bundle.preprocessor.window,
+        list(bundle.preprocessor.classes),
+    )
+    return bundle
 
+
+def _load_verified(folder: Path, key: Ed25519PublicKey | None, require_signature: bool) -> Bundle:
+    """Verify a private bundle copy, then read its version, preprocessing, dataset rules and metrics."""
     manifest, verified = verify_bundle(folder, key, require_signature=require_signature)
     version = BundleVersion.from_dict(manifest["version"])
     version_file = _read_json(folder / VERSION_FILE)
@@ -707,14 +727,6 @@ def load_bundle(
             f"{preprocessor.dataset!r}"
         )
     metrics = _read_json(folder / METRICS_FILE)
-    logger.info(
-        "bundle: loaded %s from %s (signature %s, W=%d, classes %s)",
-        version,
-        source,
-        "verified" if verified else "NOT verified",
-        preprocessor.window,
-        list(preprocessor.classes),
-    )
     return Bundle(
         path=folder,
         preprocessor=preprocessor,
@@ -723,8 +735,43 @@ def load_bundle(
         signature_verified=verified,
         manifest=manifest,
         dataset_config=dataset_config,
-        _workspace=workspace,
     )
+
+
+def _copy_bundle_folder(source: Path, destination: Path) -> None:
+    """Copy the regular files of a bundle folder, within the archive limits, into a new folder.
+
+    Raises
+    ------
+    BundleVerificationError
+        If an entry is a link or not a regular file, there are more than
+        :data:`MAX_ARCHIVE_MEMBERS` entries, or a file exceeds :data:`MAX_MEMBER_BYTES`.
+    """
+    if not source.is_dir():
+        raise BundleVerificationError(f"bundle folder not found: {source}")
+    entries = sorted(source.iterdir())
+    if len(entries) > MAX_ARCHIVE_MEMBERS:
+        raise BundleVerificationError(
+            f"{source}: {len(entries)} entries, more than the limit of {MAX_ARCHIVE_MEMBERS}; pull the bundle again"
+        )
+    destination.mkdir(mode=0o700)
+    for entry in entries:
+        if entry.is_symlink() or not entry.is_file():
+            raise BundleVerificationError(
+                f"{source}: {entry.name} is not a regular file; a bundle may contain only regular files"
+            )
+        try:
+            with entry.open("rb") as reader, open(destination / entry.name, "xb") as writer:
+                copied = 0
+                while chunk := reader.read(_READ_CHUNK):
+                    copied += len(chunk)
+                    if copied > MAX_MEMBER_BYTES:
+                        raise BundleVerificationError(
+                            f"{entry}: larger than the limit of {MAX_MEMBER_BYTES} bytes; pull the bundle again"
+                        )
+                    writer.write(chunk)
+        except OSError as error:
+            raise BundleVerificationError(f"{entry}: read failed ({error}); check the folder's permissions") from error
 
 
 def _read_json(path: Path) -> Any:

@@ -98,6 +98,40 @@ def test_load_bundle_rejects_changed_file(bundle_copy: Path, keys: KeyPair) -> N
         load_bundle(bundle_copy, public_key=keys[1])
 
 
+def test_load_bundle_error_names_source_folder(bundle_copy: Path, keys: KeyPair) -> None:
+    (bundle_copy / "metrics.json").write_text("{}")
+
+    with pytest.raises(BundleVerificationError) as error:
+        load_bundle(bundle_copy, public_key=keys[1])
+
+    assert str(bundle_copy / "metrics.json") in str(error.value)
+    assert "fedids-bundle-" not in str(error.value)
+
+
+def test_load_bundle_ignores_swap_after_verify(bundle_copy: Path, keys: KeyPair) -> None:
+    bundle = load_bundle(bundle_copy, public_key=keys[1])
+    verified_onnx = (bundle_copy / "model.onnx").read_bytes()
+    # Another process replaces the models after verification, before first use.
+    (bundle_copy / "model.onnx").write_bytes(b"not a model")
+    (bundle_copy / "model.keras").write_bytes(b"not a model")
+
+    assert bundle.onnx_path is not None
+    assert bundle.onnx_path.read_bytes() == verified_onnx
+    assert tuple(bundle.model.input_shape[1:]) == (1, 5)
+    assert bundle.source == bundle_copy
+    assert bundle.path.parent.stat().st_mode & 0o077 == 0
+
+
+def test_load_bundle_rejects_symlinked_file(bundle_copy: Path, keys: KeyPair, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.json"
+    outside.write_bytes((bundle_copy / "metrics.json").read_bytes())
+    (bundle_copy / "metrics.json").unlink()
+    (bundle_copy / "metrics.json").symlink_to(outside)
+
+    with pytest.raises(BundleVerificationError, match=r"metrics\.json is not a regular file"):
+        load_bundle(bundle_copy, public_key=keys[1])
+
+
 def test_load_bundle_rejects_truncated_file(bundle_copy: Path, keys: KeyPair) -> None:
     path = bundle_copy / "model.keras"
     path.write_bytes(path.read_bytes()[:100])

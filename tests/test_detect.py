@@ -202,7 +202,8 @@ def onnx_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("onnx")
     private_path, public_path = generate_keypair(folder / "keys")
     bundle = toy_bundle(folder, 2, load_private_key(private_path), export_onnx=True)
-    return bundle.path, public_path
+    assert bundle.source is not None
+    return bundle.source, public_path
 
 
 def _detect_command(*arguments: str) -> list[str]:

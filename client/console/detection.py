@@ -51,7 +51,7 @@ class Detector:
             classes=tuple(bundle.preprocessor.classes),
             window=bundle.preprocessor.window,
             runtime=self.predictor.name,
-            path=str(bundle.path),
+            path=str(bundle.source or bundle.path),
         )
 
     def detect(self, path: Path) -> DetectionResult:
