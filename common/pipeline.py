@@ -66,6 +66,13 @@ def select_top_features(
 ) -> tuple[Preprocessor, FeatureRanking]:
     """Rank the preprocessor's columns on training samples and keep the ``top_k`` best."""
     ranking = rank_features(X_train, y_train, preprocessor.feature_names, seed=seed)
+    if top_k >= preprocessor.n_features:
+        logger.warning(
+            "rank: top_k %d is not below the %d model columns, so every column is kept; "
+            "choose a smaller top_k to drop the lowest-ranked columns",
+            top_k,
+            preprocessor.n_features,
+        )
     kept = set(ranking.top(top_k))
     ordered = [name for name in preprocessor.feature_names if name in kept]
     logger.info("rank: kept %d of %d columns", len(ordered), preprocessor.n_features)

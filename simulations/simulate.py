@@ -227,6 +227,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not config.capture_order and window != 1:
         raise ConfigError(f"{config.name} has no capture order, so --window must be 1, got {window}")
     site_overrides = _parse_site_files(args.site_file, args.sites)
+    if args.signing_key:
+        from server.signing import load_private_key
+
+        load_private_key(args.signing_key)  # fail now, not after the data is read and partitioned
     min_sites = args.min_sites or min(2, args.sites)
     if min_sites > args.sites:
         raise ConfigError(f"--min-sites {min_sites} is larger than --sites {args.sites}")

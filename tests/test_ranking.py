@@ -11,6 +11,7 @@ import pytest
 
 from common.config import DatasetConfig
 from common.exceptions import EmptyDataError, PreprocessingError
+from common.pipeline import select_top_features
 from common.preprocessing import FeatureStatistics, Preprocessor
 from common.ranking import FeatureRanking, _stratified_sample, merge_rankings, rank_features
 
@@ -195,3 +196,23 @@ def test_real_wustl_ranking_finds_signal(wustl_path: Path, wustl_config: Dataset
     assert set(ranking.scores) == set(preprocessor.feature_names)
     assert ranking.ranked()[0][1] > 0.05
     assert all(np.isfinite(score) and score >= 0.0 for score in ranking.scores.values())
+
+
+def test_select_top_k_above_columns_warns(
+    wustl_path: Path, wustl_config: DatasetConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    raw = pd.read_csv(wustl_path, low_memory=False, nrows=2000)
+    features = pd.DataFrame(
+        {column: pd.to_numeric(raw[column], errors="coerce") for column in wustl_config.numeric_features}
+    )
+    features["Flgs"] = raw["Flgs"].fillna("").astype(str).str.strip()
+    preprocessor = Preprocessor.from_statistics(FeatureStatistics.fit(features, wustl_config), wustl_config)
+    X = preprocessor.transform(features)
+    y = raw["Label"].to_numpy(dtype=np.int64)
+
+    with caplog.at_level(logging.WARNING, logger="common.pipeline"):
+        selected, _ = select_top_features(preprocessor, X, y, preprocessor.n_features + 5, seed=0)
+
+    n_columns = preprocessor.n_features
+    assert selected.feature_names == preprocessor.feature_names
+    assert f"top_k {n_columns + 5} is not below the {n_columns} model columns" in caplog.text

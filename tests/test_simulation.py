@@ -248,6 +248,25 @@ def test_signal_stops_simulation_cleanly(
     assert not wait_until_gone(tag)
 
 
+def test_simulation_rejects_missing_signing_key(tmp_path: Path, wustl_path: Path) -> None:
+    completed = subprocess.run(
+        [sys.executable, str(SIMULATE), "--dataset", "wustl-ehms-2020", "--sites", "2",
+         "--signing-key", str(tmp_path / "absent.key"), "--out", str(tmp_path / "out")],
+        cwd=ROOT,
+        env=_environment(wustl_path.parent.parent),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+    assert completed.returncode == 2
+    assert "cannot read the signing key" in completed.stderr
+    assert "absent.key" in completed.stderr
+    assert "partition" not in completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
 def test_simulation_rejects_bad_site_file_argument(tmp_path: Path, wustl_path: Path) -> None:
     completed = subprocess.run(
         [sys.executable, str(SIMULATE), "--dataset", "wustl-ehms-2020", "--sites", "2",
