@@ -369,8 +369,12 @@ def _shutdown_and_exit(code: int) -> None:
     try:
         import threading
 
+        import psutil
         import ray
 
+        # Listed before Ray stops: a worker whose raylet exits first is moved
+        # to another parent and would no longer show up among the descendants.
+        started = psutil.Process().children(recursive=True)
         if ray.is_initialized():
             stopper = threading.Thread(target=ray.shutdown, daemon=True)
             stopper.start()
@@ -379,18 +383,21 @@ def _shutdown_and_exit(code: int) -> None:
                 logger.warning(
                     "shutdown: Ray did not stop within %.0f s; ending its processes", RAY_SHUTDOWN_SECONDS
                 )
-        _end_child_processes()
+        _end_child_processes(started)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
 
 
-def _end_child_processes(grace_seconds: float = 5.0) -> None:
-    """Terminate, then kill, every process that this process started and that still runs."""
+def _end_child_processes(known: Sequence[Any] = (), grace_seconds: float = 5.0) -> None:
+    """Terminate, then kill, the ``known`` processes and this process's descendants that still run."""
     import psutil
 
-    children = psutil.Process().children(recursive=True)
+    by_pid = {process.pid: process for process in known}
+    for process in psutil.Process().children(recursive=True):
+        by_pid.setdefault(process.pid, process)
+    children = list(by_pid.values())
     for child in children:
         try:
             child.terminate()
@@ -471,6 +478,9 @@ def _stop_on_signal(signum: int, _frame: object) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     print("interrupted" if signum == signal.SIGINT else "terminated", file=sys.stderr)
+    # Flower's worker threads log every Ray call that the shutdown cuts short,
+    # with a traceback each. These lines carry no information about the run, so they are muted.
+    logging.getLogger("flwr").disabled = True
     _shutdown_and_exit(128 + signum)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 
 from client.detect import detect_file
@@ -239,13 +240,14 @@ def test_signal_stops_simulation_cleanly(
     process.send_signal(signum)
     # Keep reading the output while the run shuts down: a full pipe would block it.
     try:
-        process.communicate(timeout=90)
+        output, _ = process.communicate(timeout=90)
     except subprocess.TimeoutExpired:
         process.kill()
         process.communicate()
         raise
-    assert process.returncode == 128 + signum
-    assert not wait_until_gone(tag)
+    assert process.returncode == 128 + signum, output[-3000:]
+    leftover = wait_until_gone(tag)
+    assert not leftover, [psutil.Process(pid).cmdline() for pid in leftover if psutil.pid_exists(pid)]
 
 
 def test_simulation_rejects_missing_signing_key(tmp_path: Path, wustl_path: Path) -> None:
