@@ -57,7 +57,7 @@ from common.bundle import PUBLIC_KEY_ENV, Bundle, load_bundle, load_public_key
 from common.config import DatasetConfig
 from common.exceptions import DataFileNotFoundError, DataValidationError, FedIDSError
 from common.inference import RUNTIMES, Predictor, make_predictor
-from common.loading import clean_flows, map_labels, read_flow_csv
+from common.loading import DEFAULT_CHUNK_BYTES, clean_flows, iter_flow_csv, map_labels, read_flow_csv
 
 logger = logging.getLogger(__name__)
 
@@ -495,6 +495,53 @@ def detect_file(
     return result
 
 
+def detect_to_csv(
+    bundle: Bundle,
+    path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    batch_size: int | None = None,
+    runtime: str = "auto",
+    predictor: Predictor | None = None,
+) -> DetectionResult:
+    """Score a flow CSV chunk by chunk and write the predictions of each chunk to ``out`` as it is scored.
+
+    Memory stays bounded by the chunk size whatever the size of the capture,
+    because neither the rows nor the predictions of earlier chunks are kept.
+    Windows and alert episodes continue across chunks, so the predictions
+    equal those of :func:`detect_file`. ``out`` is written under a temporary
+    name and renamed when the whole file has been scored, so a failure
+    leaves no partial predictions file.
+
+    Returns
+    -------
+    DetectionResult
+        Counts, episodes and timing, with empty ``predictions`` (they are in ``out``).
+
+    Raises
+    ------
+    DataFileNotFoundError, EmptyDataError, DataValidationError
+        As :func:`detect_file`, for the chunk that has the problem.
+    """
+    started = time.perf_counter()
+    target = Path(out)
+    partial = target.with_name(target.name + ".partial")
+    detector = FlowDetector(bundle, _predictor_for(bundle, predictor, runtime, batch_size))
+    written_header = False
+    try:
+        for frame in iter_flow_csv(path, chunk_bytes=chunk_bytes):
+            predictions = detector.process(frame, str(path))
+            _write_prediction_rows(predictions, partial, header=not written_header, mode="a" if written_header else "w")
+            written_header = True
+        detector.finish()
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+    empty = detector._empty_predictions(pd.DataFrame())
+    return _result(detector, empty, str(path), time.perf_counter() - started)
+
+
 def _result(detector: FlowDetector, predictions: pd.DataFrame, source: str, seconds: float) -> DetectionResult:
     return DetectionResult(
         predictions=predictions,
@@ -617,19 +664,19 @@ def follow_file(
     Returns the totals when the file has been idle for ``idle_timeout``
     seconds or the process receives SIGINT or SIGTERM. The summary file is
     rewritten after every batch, so it is current while the command runs.
+    Predictions are not kept in memory, so a site can follow an exporter for
+    weeks: the result's ``predictions`` is empty and ``out`` has them all.
     """
     started = time.perf_counter()
     detector = FlowDetector(bundle, _predictor_for(bundle, predictor, runtime, batch_size))
     logger.info("follow: scoring %s as rows arrive (W=%d, runtime %s)", path, detector.window, detector.predictor.name)
     written_header = False
-    kept: list[pd.DataFrame] = []
     reported = 0
     announced_start: int | None = None
     for frame in follow_chunks(path, poll_seconds=poll_seconds, idle_timeout=idle_timeout):
         predictions = detector.process(frame, str(path))
         _write_prediction_rows(predictions, out, header=not written_header, mode="a" if written_header else "w")
         written_header = True
-        kept.append(predictions)
         for episode in detector.episodes[reported:]:
             _print_alert(episode)
         reported = len(detector.episodes)
@@ -649,8 +696,8 @@ def follow_file(
         _print_alert(episode)
     if not written_header:
         _write_prediction_rows(detector._empty_predictions(pd.DataFrame()), out, header=True, mode="w")
-    all_predictions = pd.concat(kept, ignore_index=True) if kept else detector._empty_predictions(pd.DataFrame())
-    return _result(detector, all_predictions, str(path), time.perf_counter() - started)
+    empty = detector._empty_predictions(pd.DataFrame())
+    return _result(detector, empty, str(path), time.perf_counter() - started)
 
 
 def _print_alert(episode: Episode) -> None:
@@ -756,8 +803,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 predictor=predictor,
             )
         else:
-            result = detect_file(bundle, args.input, predictor=predictor)
-            result.write_predictions(args.out)
+            result = detect_to_csv(bundle, args.input, args.out, predictor=predictor)
         if args.summary is not None:
             _write_summary(result, args.summary)
     except (FedIDSError, OSError) as error:

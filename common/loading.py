@@ -18,12 +18,15 @@ package, but pyproject.toml does not list it directly.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import gzip
+import io
 import logging
 import os
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -200,19 +203,8 @@ def read_flow_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
         with more fields than the header, or two header names that are equal
         after stripping whitespace.
     """
-    path = Path(path)
-    if not path.exists():
-        raise DataFileNotFoundError(
-            f"data file not found: {path}; check --data-dir or the {DATA_DIR_ENV} "
-            "environment variable, which must name the folder that holds the dataset files"
-        )
-    if path.is_dir():
-        raise DataValidationError(f"{path} is a directory, not a CSV file")
-
-    try:
-        with path.open("rb") as handle:
-            magic = handle.read(2)
-        compression: Literal["gzip"] | None = "gzip" if magic == _GZIP_MAGIC else None
+    path, compression = _checked_csv_path(path)
+    with _csv_errors(path):
         raw = _read_text_with_arrow(path, compression)
         if raw is None:
             # With header=None the parser rejects a row with more fields than
@@ -226,17 +218,6 @@ def read_flow_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
                 compression=compression,
                 encoding="utf-8-sig",
             )
-    except pd.errors.EmptyDataError as error:
-        raise EmptyDataError(f"{path} is empty: it has no header row") from error
-    except pd.errors.ParserError as error:
-        raise DataValidationError(f"{path} is not a valid CSV file: {error}") from error
-    except UnicodeDecodeError as error:
-        raise DataValidationError(
-            f"{path} is not UTF-8 text ({error}); convert it to UTF-8, or gzip it if it "
-            "uses another compression"
-        ) from error
-    except (OSError, EOFError, zlib.error) as error:
-        raise DataValidationError(f"cannot read {path}: {error}") from error
 
     names = _header_names(raw.iloc[0].tolist(), path)
     if len(raw) < 2:
@@ -246,12 +227,157 @@ def read_flow_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
     return frame
 
 
+#: Bytes of CSV text per chunk of :func:`iter_flow_csv` (about 70,000 WUSTL-EHMS-2020 rows).
+DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
+
+
+def iter_flow_csv(path: str | os.PathLike[str], chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[pd.DataFrame]:
+    """Yield the data rows of a flow CSV in chunks, each parsed as :func:`read_flow_csv` parses a whole file.
+
+    The file is read in blocks of ``chunk_bytes``. Each chunk ends at the
+    last record boundary of its block, a newline outside double quotes. Only
+    one chunk of text is in memory at a time, so a capture of any size can be
+    scored. Rows keep their file order across chunks, every chunk has
+    a RangeIndex from 0, and short rows are padded and long rows rejected as
+    in a whole file.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The CSV file, plain or gzip-compressed, as for :func:`read_flow_csv`.
+    chunk_bytes : int, default=16 MiB
+        Bytes of text read per chunk. A record longer than this makes its
+        chunk longer.
+
+    Yields
+    ------
+    pandas.DataFrame, shape (n_chunk_rows, n_columns)
+        Object columns of ``str`` named by the stripped header.
+
+    Raises
+    ------
+    DataFileNotFoundError, EmptyDataError, DataValidationError
+        As :func:`read_flow_csv`, raised when the chunk with the problem is read.
+    """
+    if chunk_bytes < 1:
+        raise ValueError(f"chunk_bytes must be at least 1, got {chunk_bytes}")
+    path, compression = _checked_csv_path(path)
+    header = b""
+    pending = b""
+    rows_read = 0
+    with gzip.open(path, "rb") if compression else path.open("rb") as stream:
+        while True:
+            with _csv_errors(path):
+                block = stream.read(chunk_bytes)
+            pending += block
+            cut = _last_record_end(pending) if block else len(pending)
+            if cut == 0:
+                if not block:
+                    break
+                continue
+            complete, pending = pending[:cut], pending[cut:]
+            if not header:
+                header_end = _first_record_end(complete)
+                header, complete = complete[:header_end], complete[header_end:]
+                if not header.endswith(b"\n"):
+                    header += b"\n"
+            if complete.strip():
+                chunk = _parse_text_rows(header + complete, path, rows_read)
+                rows_read += len(chunk)
+                if len(chunk):
+                    yield chunk
+            if not block:
+                break
+    if not header:
+        raise EmptyDataError(f"{path} is empty: it has no header row")
+    if rows_read == 0:
+        raise EmptyDataError(f"{path} has a header but no data rows")
+
+
+def _last_record_end(data: bytes) -> int:
+    """Return the position after the last newline of ``data`` that lies outside double quotes, or 0."""
+    cut = data.rfind(b"\n")
+    # A newline is outside quotes when an even number of quote characters
+    # precedes it (an escaped quote "" counts twice, so it keeps the parity).
+    quotes = data.count(b'"', 0, cut) if cut >= 0 else 0
+    while cut >= 0 and quotes % 2:
+        previous = data.rfind(b"\n", 0, cut)
+        quotes -= data.count(b'"', previous + 1, cut)
+        cut = previous
+    return cut + 1
+
+
+def _first_record_end(data: bytes) -> int:
+    """Return the position after the first newline of ``data`` outside double quotes, or ``len(data)``."""
+    start = 0
+    while (newline := data.find(b"\n", start)) >= 0:
+        if data.count(b'"', 0, newline) % 2 == 0:
+            return newline + 1
+        start = newline + 1
+    return len(data)
+
+
+def _parse_text_rows(text: bytes, path: Path, rows_before: int) -> pd.DataFrame:
+    """Parse a header line and the records after it with every value as text."""
+    try:
+        with _csv_errors(path):
+            raw = _read_text_with_arrow(io.BytesIO(text), None)
+            if raw is None:
+                raw = pd.read_csv(io.BytesIO(text), header=None, dtype=str, na_filter=False, encoding="utf-8-sig")
+    except DataValidationError as error:
+        raise DataValidationError(f"{error} (in the rows after data row {rows_before})") from error
+    frame = raw.iloc[1:].reset_index(drop=True)
+    frame.columns = pd.Index(_header_names(raw.iloc[0].tolist(), path))
+    return frame
+
+
+def _checked_csv_path(path: str | os.PathLike[str]) -> tuple[Path, Literal["gzip"] | None]:
+    """Return the path and its compression, detected from the first two bytes.
+
+    Raises
+    ------
+    DataFileNotFoundError
+        If ``path`` does not exist.
+    DataValidationError
+        If ``path`` is a directory or cannot be read.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataFileNotFoundError(
+            f"data file not found: {path}; check --data-dir or the {DATA_DIR_ENV} "
+            "environment variable, which must name the folder that holds the dataset files"
+        )
+    if path.is_dir():
+        raise DataValidationError(f"{path} is a directory, not a CSV file")
+    with _csv_errors(path), path.open("rb") as handle:
+        magic = handle.read(2)
+    return path, "gzip" if magic == _GZIP_MAGIC else None
+
+
+@contextlib.contextmanager
+def _csv_errors(path: Path) -> Iterator[None]:
+    """Turn the errors of reading a CSV file into the project's exceptions, naming the file."""
+    try:
+        yield
+    except pd.errors.EmptyDataError as error:
+        raise EmptyDataError(f"{path} is empty: it has no header row") from error
+    except pd.errors.ParserError as error:
+        raise DataValidationError(f"{path} is not a valid CSV file: {str(error).strip()}") from error
+    except UnicodeDecodeError as error:
+        raise DataValidationError(
+            f"{path} is not UTF-8 text ({error}); convert it to UTF-8, or gzip it if it "
+            "uses another compression"
+        ) from error
+    except (OSError, EOFError, zlib.error) as error:
+        raise DataValidationError(f"cannot read {path}: {error}") from error
+
+
 #: Columns that the Arrow reader reads as text. A wider file is read by pandas.
 _ARROW_MAX_COLUMNS = 4096
 _ARROW_TEXT_COLUMNS = {f"f{position}": pa.string() for position in range(_ARROW_MAX_COLUMNS)}
 
 
-def _read_text_with_arrow(path: Path, compression: Literal["gzip"] | None) -> pd.DataFrame | None:
+def _read_text_with_arrow(source: Path | io.BytesIO, compression: Literal["gzip"] | None) -> pd.DataFrame | None:
     """Read every field as text with Arrow's multi-threaded CSV reader, header row included.
 
     Returns the same frame as ``pandas.read_csv(header=None, dtype=str,
@@ -272,10 +398,15 @@ def _read_text_with_arrow(path: Path, compression: Literal["gzip"] | None) -> pd
     )
     parse_options = pa_csv.ParseOptions(newlines_in_values=True)
     try:
-        with pa.input_stream(str(path), compression=compression) as stream:
+        if isinstance(source, io.BytesIO):
             table = pa_csv.read_csv(
-                stream, read_options=read_options, parse_options=parse_options, convert_options=convert_options
+                source, read_options=read_options, parse_options=parse_options, convert_options=convert_options
             )
+        else:
+            with pa.input_stream(str(source), compression=compression) as stream:
+                table = pa_csv.read_csv(
+                    stream, read_options=read_options, parse_options=parse_options, convert_options=convert_options
+                )
     except (pa.ArrowException, OSError, EOFError, zlib.error):
         return None
     if not all(pa.types.is_string(field.type) for field in table.schema):

@@ -23,6 +23,7 @@ from client.detect import (
     FlowDetector,
     detect_file,
     detect_frame,
+    detect_to_csv,
     follow_chunks,
     follow_file,
 )
@@ -418,6 +419,39 @@ def test_detect_real_held_out_beats_floor(wustl_bundle: tuple[Bundle, Path]) -> 
     assert len(result.episodes) > 0
     assert all(episode.first_row <= episode.last_row for episode in result.episodes)
     assert sum(episode.flows for episode in result.episodes) == int(attack_predicted.sum())
+
+
+def test_detect_to_csv_matches_whole_file(wustl_bundle: tuple[Bundle, Path], tmp_path: Path) -> None:
+    bundle, held_out = wustl_bundle
+    predictor = make_predictor(bundle, "onnx")
+    whole = detect_file(bundle, held_out, predictor=predictor)
+    out = tmp_path / "predictions.csv"
+
+    # About 200 rows per chunk, so W = 8 windows and episodes cross many chunk boundaries.
+    streamed = detect_to_csv(bundle, held_out, out, chunk_bytes=50_000, predictor=predictor)
+
+    written = pd.read_csv(out, dtype={"predicted": str, "label": str}, keep_default_na=False)
+    assert list(written["row"]) == list(whole.predictions["row"])
+    assert list(written["predicted"]) == list(whole.predictions["predicted"])
+    np.testing.assert_allclose(written["attack_probability"], whole.predictions["attack_probability"], atol=1e-6)
+    assert streamed.episodes == whole.episodes
+    assert streamed.class_counts == whole.class_counts
+    assert streamed.rows_scored == whole.rows_scored
+    assert len(streamed.predictions) == 0
+    assert not (tmp_path / "predictions.csv.partial").exists()
+
+
+def test_detect_to_csv_bad_row_leaves_no_file(bundle_w1: Bundle, tmp_path: Path) -> None:
+    traffic = tmp_path / "traffic.csv"
+    good = toy_frame([1, 9, 2] * 50).to_csv(index=False)
+    traffic.write_text(good + "10.0.0.9,1,1,x,extra\n")
+    out = tmp_path / "predictions.csv"
+
+    with pytest.raises(DataValidationError, match=r"traffic\.csv is not a valid CSV file"):
+        detect_to_csv(bundle_w1, traffic, out, chunk_bytes=256, predictor=LastFlowPredictor())
+
+    assert not out.exists()
+    assert not (tmp_path / "predictions.csv.partial").exists()
 
 
 def test_follow_chunks_rejects_ragged_rows(tmp_path: Path) -> None:
