@@ -229,6 +229,8 @@ def read_flow_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
 
 #: Bytes of CSV text per chunk of :func:`iter_flow_csv` (about 70,000 WUSTL-EHMS-2020 rows).
 DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
+#: Longest record that :func:`iter_flow_csv` accepts. Flow records are a few hundred bytes.
+MAX_RECORD_BYTES = 16 * 1024 * 1024
 
 
 def iter_flow_csv(path: str | os.PathLike[str], chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[pd.DataFrame]:
@@ -247,7 +249,7 @@ def iter_flow_csv(path: str | os.PathLike[str], chunk_bytes: int = DEFAULT_CHUNK
         The CSV file, plain or gzip-compressed, as for :func:`read_flow_csv`.
     chunk_bytes : int, default=16 MiB
         Bytes of text read per chunk. A record longer than this makes its
-        chunk longer.
+        chunk longer, up to :data:`MAX_RECORD_BYTES`.
 
     Yields
     ------
@@ -257,7 +259,8 @@ def iter_flow_csv(path: str | os.PathLike[str], chunk_bytes: int = DEFAULT_CHUNK
     Raises
     ------
     DataFileNotFoundError, EmptyDataError, DataValidationError
-        As :func:`read_flow_csv`, raised when the chunk with the problem is read.
+        As :func:`read_flow_csv`, raised when the chunk with the problem is
+        read. Also DataValidationError for a record over :data:`MAX_RECORD_BYTES`.
     """
     if chunk_bytes < 1:
         raise ValueError(f"chunk_bytes must be at least 1, got {chunk_bytes}")
@@ -274,6 +277,11 @@ def iter_flow_csv(path: str | os.PathLike[str], chunk_bytes: int = DEFAULT_CHUNK
             if cut == 0:
                 if not block:
                     break
+                if len(pending) > MAX_RECORD_BYTES:
+                    raise DataValidationError(
+                        f"{path}: no line break in {len(pending)} bytes after data row {rows_read}, more than "
+                        f"the limit of {MAX_RECORD_BYTES} bytes for one record; this is not a flow CSV"
+                    )
                 continue
             complete, pending = pending[:cut], pending[cut:]
             if not header:

@@ -252,6 +252,15 @@ def test_iter_bad_file_rejected(tmp_path: Path, content: str, error: type[Except
         list(iter_flow_csv(path))
 
 
+def test_iter_endless_line_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("common.loading.MAX_RECORD_BYTES", 1000)
+    path = tmp_path / "flows.csv.gz"
+    path.write_bytes(gzip.compress(b"Bytes,Label\n1,0\n" + b"9" * 5000))
+
+    with pytest.raises(DataValidationError, match=r"no line break in \d+ bytes after data row 1"):
+        list(iter_flow_csv(path, chunk_bytes=100))
+
+
 def test_iter_missing_file_and_bad_chunk_size(tmp_path: Path) -> None:
     with pytest.raises(DataFileNotFoundError, match="data file not found"):
         list(iter_flow_csv(tmp_path / "absent.csv"))
