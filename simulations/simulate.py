@@ -352,62 +352,35 @@ class FederationFailedError(Exception):
     """The simulation engine or the ServerApp stopped with an error."""
 
 
-#: Seconds that ray.shutdown() may take before this process ends Ray's workers itself.
-RAY_SHUTDOWN_SECONDS = 20.0
-
-
 def _shutdown_and_exit(code: int) -> None:
-    """End the process at once, after stopping Ray.
+    """End this process with ``code`` after killing every process it started, Ray's included.
 
     Flower's ServerApp runs in a thread that is not a daemon and can wait out
     long round timeouts after a failure, so a normal interpreter exit could
-    hang; Ray is stopped first so that none of its processes outlive this one.
-    ``ray.shutdown()`` itself can block after an interrupt, so it runs in a
-    thread with a time limit, and whatever child processes remain after it
-    are ended by their process ids.
+    hang. ``ray.shutdown()`` is not used either: after an interrupt it can
+    block, and Ray's driver in this process exits with code 1 as soon as the
+    raylet is gone, which left Ray's agents running when their turn had not
+    come yet. All descendants are therefore killed at once, and this process
+    exits right after.
     """
     try:
-        import threading
-
         import psutil
-        import ray
 
-        # Listed before Ray stops: a worker whose raylet exits first is moved
-        # to another parent and would no longer show up among the descendants.
-        started = psutil.Process().children(recursive=True)
-        if ray.is_initialized():
-            stopper = threading.Thread(target=ray.shutdown, daemon=True)
-            stopper.start()
-            stopper.join(RAY_SHUTDOWN_SECONDS)
-            if stopper.is_alive():
-                logger.warning(
-                    "shutdown: Ray did not stop within %.0f s; ending its processes", RAY_SHUTDOWN_SECONDS
-                )
-        _end_child_processes(started)
+        _end_processes(psutil.Process().children(recursive=True))
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
 
 
-def _end_child_processes(known: Sequence[Any] = (), grace_seconds: float = 5.0) -> None:
-    """Terminate, then kill, the ``known`` processes and this process's descendants that still run."""
+def _end_processes(processes: Sequence[Any]) -> None:
+    """Kill ``processes`` at once (SIGKILL)."""
     import psutil
 
-    by_pid = {process.pid: process for process in known}
-    for process in psutil.Process().children(recursive=True):
-        by_pid.setdefault(process.pid, process)
-    children = list(by_pid.values())
-    for child in children:
+    for process in processes:
         try:
-            child.terminate()
-        except psutil.NoSuchProcess:
-            continue
-    _, alive = psutil.wait_procs(children, timeout=grace_seconds)
-    for child in alive:
-        try:
-            child.kill()
-        except psutil.NoSuchProcess:
+            process.kill()
+        except psutil.Error:
             continue
 
 
@@ -472,14 +445,14 @@ def _stop_on_signal(signum: int, _frame: object) -> None:
 
     Flower's clean-up after ``KeyboardInterrupt`` calls ``ray.shutdown()`` on
     the main thread while worker threads still wait for Ray results, with no
-    time limit. This handler stops Ray with a time limit instead and ignores a
-    second signal during the shutdown.
+    time limit. This handler kills Ray's processes itself (see
+    :func:`_shutdown_and_exit`) and ignores a second signal meanwhile.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     print("interrupted" if signum == signal.SIGINT else "terminated", file=sys.stderr)
     # Flower's worker threads log every Ray call that the shutdown cuts short,
-    # with a traceback each. These lines carry no information about the run, so they are muted.
+    # with a traceback each. These lines carry no information, so they are muted.
     logging.getLogger("flwr").disabled = True
     _shutdown_and_exit(128 + signum)
 
