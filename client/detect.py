@@ -36,6 +36,7 @@ encoding of the attack flags); Python loops run only per batch and per episode.
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import io
 import json
@@ -580,71 +581,147 @@ def follow_chunks(
 ) -> Iterator[pd.DataFrame]:
     """Yield frames of the complete lines appended to a CSV file, starting with the rows already in it.
 
-    The header is read once. A line is processed only when its newline has
-    been written, so a row the exporter is still writing is never split.
-    The generator ends after ``idle_timeout`` seconds without a new line
-    (0 waits for ever) or when SIGINT or SIGTERM arrives.
+    A line is processed only when its newline has been written, so a row the
+    exporter is still writing is never split. A malformed line (more fields
+    than the header, an unbalanced quote, a repeated header) does not stop
+    the generator: it becomes a row of empty values, which keeps the row
+    numbers in step with the file, and a WARNING names it. When the file is
+    replaced (rotated by renaming), the new file is read from its start; its
+    header must equal the first file's. The generator ends after
+    ``idle_timeout`` seconds without a new line (0 waits for ever) or when
+    SIGINT or SIGTERM arrives.
 
     Raises
     ------
     DataFileNotFoundError
         If the file does not exist.
     DataValidationError
-        If the file is gzip-compressed, shrinks (rotated or truncated) or a
-        row does not parse.
+        If the file is gzip-compressed, shrinks (truncated in place), or is
+        replaced by a file with another header.
     """
     if not path.is_file():
         raise DataFileNotFoundError(f"input file not found: {path}")
-    with path.open("rb") as stream:
-        if stream.read(2) == b"\x1f\x8b":
-            raise DataValidationError(f"{path}: --follow reads plain CSV only; this file is gzip-compressed")
-        stream.seek(0)
-        header = b""
-        pending = b""
-        last_data = time.monotonic()
-        position = 0
-        while not _Stop.requested:
-            chunk = stream.read(max_chunk_bytes)
-            if chunk:
-                position += len(chunk)
-                pending += chunk
-                cut = pending.rfind(b"\n")
-                if cut >= 0:
+    header = b""
+    rows_before = 0
+    last_data = time.monotonic()
+    while True:
+        with path.open("rb") as stream:
+            if stream.read(2) == b"\x1f\x8b":
+                raise DataValidationError(f"{path}: --follow reads plain CSV only; this file is gzip-compressed")
+            stream.seek(0)
+            identity = os.fstat(stream.fileno()).st_ino
+            file_header = b""
+            pending = b""
+            position = 0
+            replaced = False
+            while not _Stop.requested:
+                chunk = stream.read(max_chunk_bytes)
+                if chunk:
+                    position += len(chunk)
+                    pending += chunk
+                    cut = pending.rfind(b"\n")
+                    if cut < 0:
+                        continue
                     complete, pending = pending[: cut + 1], pending[cut + 1 :]
-                    if not header:
-                        header, _, complete = complete.partition(b"\n")
-                        header = header.lstrip(b"\xef\xbb\xbf") + b"\n"
+                    if not file_header:
+                        file_header, _, complete = complete.partition(b"\n")
+                        file_header = file_header.lstrip(b"\xef\xbb\xbf").rstrip(b"\r") + b"\n"
+                        if not header:
+                            header = file_header
+                        elif file_header != header:
+                            raise DataValidationError(
+                                f"{path} was replaced by a file with another header; restart detection "
+                                "if the exporter's columns changed"
+                            )
                     if complete.strip():
                         last_data = time.monotonic()
-                        yield _parse_lines(header, complete, path)
-                continue
-            if path.stat().st_size < position:
-                raise DataValidationError(
-                    f"{path} shrank from {position} to {path.stat().st_size} bytes (rotated or truncated); "
-                    "restart detection on the new file"
-                )
-            if idle_timeout > 0 and time.monotonic() - last_data >= idle_timeout:
-                logger.info("follow: no new rows in %s for %.0f s, stopping", path, idle_timeout)
-                return
-            time.sleep(poll_seconds)
+                        frame = _parse_lines(header, complete, path, rows_before)
+                        rows_before += len(frame)
+                        yield frame
+                    continue
+                current = _stat_or_none(path)
+                if current is not None and current.st_ino != identity:
+                    logger.info("follow: %s was replaced (rotated); reading the new file from its start", path)
+                    replaced = True
+                    break
+                if current is not None and current.st_size < position:
+                    raise DataValidationError(
+                        f"{path} shrank from {position} to {current.st_size} bytes (truncated in place); "
+                        "restart detection on the new file"
+                    )
+                if idle_timeout > 0 and time.monotonic() - last_data >= idle_timeout:
+                    logger.info("follow: no new rows in %s for %.0f s, stopping", path, idle_timeout)
+                    return
+                time.sleep(poll_seconds)
+        if not replaced:
+            return
 
 
-def _parse_lines(header: bytes, lines: bytes, path: Path) -> pd.DataFrame:
-    """Parse complete CSV lines with every value as text, named by the stripped header."""
-    names = [name.strip() for name in header.decode("utf-8").rstrip("\r\n").split(",")]
+def _stat_or_none(path: Path) -> os.stat_result | None:
+    """Return the file's status, or ``None`` while it is missing (between a rotation's rename and create)."""
+    try:
+        return path.stat()
+    except FileNotFoundError:
+        return None
+
+
+def _parse_lines(header: bytes, lines: bytes, path: Path, rows_before: int = 0) -> pd.DataFrame:
+    """Parse complete CSV lines with every value as text, named by the stripped header.
+
+    Lines that do not parse into the header's fields, and repeated header
+    lines, become rows of empty values with a WARNING. Short lines are padded
+    with empty values, as :func:`common.loading.read_flow_csv` pads them.
+    """
+    names = [name.strip() for name in header.decode("utf-8", errors="replace").rstrip("\r\n").split(",")]
+    frame: pd.DataFrame | None = None
     try:
         # Without names, the parser rejects a row with more fields than the first;
         # with names it would silently turn the extra fields into an index.
-        frame = pd.read_csv(io.BytesIO(lines), header=None, dtype=str, na_filter=False, encoding="utf-8")
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
-        raise DataValidationError(f"{path}: appended rows do not parse as CSV: {error}") from error
-    if frame.shape[1] != len(names):
-        raise DataValidationError(
-            f"{path}: appended rows have {frame.shape[1]} fields, but the header has {len(names)}; "
-            "the exporter must keep the header's columns"
-        )
+        parsed = pd.read_csv(io.BytesIO(lines), header=None, dtype=str, na_filter=False, encoding="utf-8")
+        if parsed.shape[1] == len(names):
+            frame = parsed
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError):
+        frame = None
+    bad_rows: list[int] = []
+    if frame is None:
+        frame = _parse_lines_one_by_one(lines, len(names), bad_rows)
     frame.columns = pd.Index(names)
+    repeated_header = (frame.to_numpy(dtype=object) == np.array(names, dtype=object)).all(axis=1)
+    if repeated_header.any():
+        frame.loc[repeated_header, :] = ""
+        bad_rows.extend(int(position) for position in np.flatnonzero(repeated_header))
+    if bad_rows:
+        bad_rows.sort()
+        logger.warning(
+            "follow: %d malformed line(s) in %s (more fields than the header's %d, an unbalanced quote, text "
+            "that is not UTF-8 or a repeated header) are scored as empty rows, first at row %d; check the "
+            "flow exporter",
+            len(bad_rows),
+            path,
+            len(names),
+            rows_before + bad_rows[0],
+        )
     return frame
+
+
+def _parse_lines_one_by_one(lines: bytes, n_fields: int, bad_rows: list[int]) -> pd.DataFrame:
+    """Parse each physical line alone, appending the positions of lines that do not parse to ``bad_rows``."""
+    rows: list[list[str]] = []
+    for raw_line in lines.split(b"\n"):
+        line = raw_line.rstrip(b"\r")
+        if not line.strip():
+            continue  # blank lines are not rows, as in a whole file
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        fields = next(csv.reader([text])) if text is not None and text.count('"') % 2 == 0 else None
+        if fields is None or len(fields) > n_fields:
+            bad_rows.append(len(rows))
+            rows.append([""] * n_fields)
+        else:
+            rows.append(fields + [""] * (n_fields - len(fields)))
+    return pd.DataFrame(rows, dtype=object)
 
 
 def follow_file(

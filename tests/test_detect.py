@@ -454,20 +454,67 @@ def test_detect_to_csv_bad_row_leaves_no_file(bundle_w1: Bundle, tmp_path: Path)
     assert not (tmp_path / "predictions.csv.partial").exists()
 
 
-def test_follow_chunks_rejects_ragged_rows(tmp_path: Path) -> None:
+def test_follow_chunks_keeps_going_after_bad_lines(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     traffic = tmp_path / "live.csv"
-    traffic.write_text("a,b,flag\n1,2,x\n1,2,x,extra\n")
+    traffic.write_bytes(
+        b"a,b,flag\n"
+        b"1,2,x\n"
+        b"1,2,x,extra\n"  # more fields than the header
+        b'3,"4,y\n'  # unbalanced quote
+        b"a,b,flag\n"  # the exporter wrote its header again
+        b"5\n"  # short: padded, as in a whole file
+        b"\xff,6,z\n"  # not UTF-8
+        b"7,8,w\n"
+    )
 
-    with pytest.raises(DataValidationError, match="appended rows do not parse as CSV"):
-        list(follow_chunks(traffic, poll_seconds=0.01, idle_timeout=0.05))
+    with caplog.at_level(logging.WARNING, logger="client.detect"):
+        frames = list(follow_chunks(traffic, poll_seconds=0.01, idle_timeout=0.05))
+
+    rows = pd.concat(frames, ignore_index=True).to_dict("records")
+    empty = {"a": "", "b": "", "flag": ""}
+    assert rows == [
+        {"a": "1", "b": "2", "flag": "x"},
+        empty,
+        empty,
+        empty,
+        {"a": "5", "b": "", "flag": ""},
+        empty,
+        {"a": "7", "b": "8", "flag": "w"},
+    ]
+    assert "4 malformed line(s)" in caplog.text
+    assert "first at row 1" in caplog.text
 
 
-def test_follow_chunks_rejects_extra_fields(tmp_path: Path) -> None:
+def test_follow_chunks_reads_rotated_file(tmp_path: Path) -> None:
     traffic = tmp_path / "live.csv"
-    traffic.write_text("a,b,flag\n1,2,x,extra\n")
+    traffic.write_text("a,b,flag\n1,2,x\n")
+    received: list[pd.DataFrame] = []
 
-    with pytest.raises(DataValidationError, match="appended rows have 4 fields, but the header has 3"):
-        list(follow_chunks(traffic, poll_seconds=0.01, idle_timeout=0.05))
+    def rotate() -> None:
+        time.sleep(0.5)
+        traffic.rename(tmp_path / "live.csv.1")
+        time.sleep(0.3)
+        traffic.write_text("a,b,flag\n3,4,y\n5,6,z\n")
+
+    rotator = threading.Thread(target=rotate)
+    rotator.start()
+    for frame in follow_chunks(traffic, poll_seconds=0.05, idle_timeout=2.0):
+        received.append(frame)
+    rotator.join()
+
+    assert pd.concat(received, ignore_index=True)["a"].tolist() == ["1", "3", "5"]
+
+
+def test_follow_chunks_rejects_new_header_after_rotation(tmp_path: Path) -> None:
+    traffic = tmp_path / "live.csv"
+    traffic.write_text("a,b,flag\n1,2,x\n")
+    chunks = follow_chunks(traffic, poll_seconds=0.05, idle_timeout=2.0)
+    assert len(next(chunks)) == 1
+    traffic.rename(tmp_path / "live.csv.1")
+    traffic.write_text("a,flag\n3,y\n")
+
+    with pytest.raises(DataValidationError, match="replaced by a file with another header"):
+        next(chunks)
 
 
 def test_follow_chunks_waits_for_complete_lines(tmp_path: Path) -> None:
