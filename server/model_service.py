@@ -190,8 +190,11 @@ class TokenStore:
             try:
                 self._reload()
             except ConfigError as error:
-                # Keep serving with the last good tokens rather than locking every site out.
-                logger.error("tokens: %s; keeping the tokens loaded before", error)
+                # Fail closed: deleting or breaking the file must never leave
+                # a revoked token working. Sites keep their last verified bundle.
+                logger.error("tokens: %s; rejecting every request until the file is fixed", error)
+                self._hashes = {}
+                self._stamp = None
             hashes = dict(self._hashes)
         digest = token_hash(token)
         match = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -18,7 +19,7 @@ from client.pull import ModelServiceClient, pull_bundle
 from client.pull import main as pull_main
 from common.bundle import file_sha256, load_bundle, load_public_key, pack_bundle
 from common.exceptions import PullError
-from server.model_service import add_site, revoke_site, token_hash
+from server.model_service import TokenStore, add_site, revoke_site, token_hash
 from server.model_service import main as service_main
 from server.registry import Registry
 from server.signing import generate_keypair, load_private_key
@@ -161,6 +162,25 @@ def test_revoked_site_rejected(coordinator: Coordinator) -> None:
 
     with pytest.raises(PullError, match=r"HTTP 401"):
         _client(coordinator, token).entry("latest")
+
+
+def test_token_store_fails_closed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tokens = tmp_path / "site-tokens.json"
+    token = add_site(tokens, "hospital-a")
+    store = TokenStore(tokens)
+    assert store.authenticate(token) == "hospital-a"
+    saved = tokens.read_bytes()
+
+    tokens.unlink()
+    with caplog.at_level(logging.ERROR, logger="server.model_service"):
+        assert store.authenticate(token) is None
+    assert "rejecting every request until the file is fixed" in caplog.text
+
+    tokens.write_text("{not json")
+    assert store.authenticate(token) is None
+
+    tokens.write_bytes(saved)
+    assert store.authenticate(token) == "hospital-a"
 
 
 def test_tokens_file_stores_only_hashes(coordinator: Coordinator) -> None:
