@@ -52,6 +52,13 @@ STATISTICS_FORMAT_VERSION = 1
 PREPROCESSOR_FORMAT_VERSION = 1
 
 
+def _shorten(text: str, limit: int = 40) -> str:
+    """Return ``text`` cut to ``limit`` characters, with the full length noted when it was cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
 def signed_log1p(values: np.ndarray) -> np.ndarray:
     """Compress magnitudes with ``sign(x) * log1p(|x|)``.
 
@@ -778,7 +785,8 @@ class Preprocessor:
             if n_outside:
                 values = _category_values(features[column])[outside]
                 n_missing = int((values == "").sum())
-                examples = sorted(set(values[values != ""].unique().tolist()))[:5]
+                # Five values of at most 40 characters each, so a hostile file cannot flood the log.
+                examples = [_shorten(value) for value in sorted(set(values[values != ""].unique().tolist()))[:5]]
                 logger.info(
                     "transform: %d of %d %s values are outside the vocabulary "
                     "(%d missing, unseen examples %s); "

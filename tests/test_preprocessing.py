@@ -369,6 +369,19 @@ def test_transform_unseen_category_goes_to_unknown(caplog: pytest.LogCaptureFixt
     assert "'icmp'" in caplog.text
 
 
+def test_transform_log_cuts_long_unseen_values(caplog: pytest.LogCaptureFixture) -> None:
+    config = make_config()
+    train = make_frame(a=[0.0, 1.0], b=[0.0, 1.0], proto=["tcp", "udp"])
+    preprocessor = Preprocessor.from_statistics(FeatureStatistics.fit(train, config), config)
+    hostile = make_frame(a=[0.0], b=[0.0], proto=["A" * 100_000])
+
+    with caplog.at_level(logging.INFO, logger="common.preprocessing"):
+        preprocessor.transform(hostile)
+
+    assert "'" + "A" * 40 + "... (100000 characters)'" in caplog.text
+    assert len(caplog.text) < 1000
+
+
 def test_transform_several_categorical_columns() -> None:
     config = make_config(numeric=("a",), categorical={"proto": ("tcp", "udp"), "flag": ("S", "F", "R")})
     frame = pd.DataFrame({"a": [1.0, 2.0], "proto": ["udp", "gre"], "flag": ["R", "S"]})
