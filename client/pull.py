@@ -135,12 +135,18 @@ def read_token(path: str | os.PathLike[str]) -> str:
     """
     source = Path(path)
     try:
-        token = source.read_text(encoding="utf-8").strip()
+        # utf-8-sig drops a byte-order mark that some editors write.
+        token = source.read_text(encoding="utf-8-sig").strip()
         mode = source.stat().st_mode
-    except OSError as error:
+    except (OSError, UnicodeDecodeError) as error:
         raise PullError(f"cannot read the token file {source}: {error}") from error
     if not token:
         raise PullError(f"token file {source} is empty; ask the coordinator for the site's token")
+    if not token.isascii() or not token.isprintable() or " " in token:
+        raise PullError(
+            f"token file {source} contains spaces or characters that are not printable ASCII; "
+            "it must hold the token alone, as add-site wrote it"
+        )
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         logger.warning(
             "pull: %s is readable by other users (mode %o); restrict it with chmod 600", source, mode & 0o777
@@ -394,6 +400,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.timeout <= 0:
             raise PullError(f"--timeout must be above 0 seconds, got {args.timeout}")
+        if args.version not in ("latest", "best"):
+            try:
+                parse_version(args.version)
+            except BundleVerificationError as error:
+                raise PullError(f"invalid --version {args.version!r}: use latest, best or <run>/round-NNN") from error
         public_key = load_public_key(args.public_key) if args.public_key is not None else configured_public_key()
         if public_key is None:
             raise PullError(f"no public key to verify bundles: pass --public-key or set {PUBLIC_KEY_ENV}")

@@ -284,9 +284,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_archive(bundle_match["version"])
                 return
         except RegistryError as error:
-            self._error(HTTPStatus.NOT_FOUND, str(error))
+            # Sites see the version they asked for, never the coordinator's folders.
+            logger.info("request: %s: %s", path, error)
+            self._error(HTTPStatus.NOT_FOUND, f"{path}: no such published version; see GET /v1/versions")
             return
-        self._error(HTTPStatus.NOT_FOUND, f"unknown path {path}; see /v1/versions")
+        self._error(HTTPStatus.NOT_FOUND, f"unknown path {path}; see GET /v1/versions")
 
     def _send_archive(self, version: str) -> None:
         entry = self.server.registry.entry(version)

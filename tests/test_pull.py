@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from client.pull import ModelServiceClient, pull_bundle
+from client.pull import ModelServiceClient, pull_bundle, read_token
 from client.pull import main as pull_main
 from common.bundle import file_sha256, load_bundle, load_public_key, pack_bundle
 from common.exceptions import PullError
@@ -198,6 +198,46 @@ def test_version_list_hides_coordinator_paths(coordinator: Coordinator) -> None:
 
     assert [entry["version"] for entry in versions] == ["run-p/round-002", "run-p/round-001"]
     assert all("path" not in entry and "archive" not in entry for entry in versions)
+
+
+def test_unknown_version_hides_coordinator_paths(coordinator: Coordinator) -> None:
+    with pytest.raises(PullError, match="HTTP 404") as error:
+        _client(coordinator).entry("run-x/round-009")
+
+    assert "no such published version; see GET /v1/versions" in str(error.value)
+    assert str(coordinator.registry.root) not in str(error.value)
+    assert "list_versions" not in str(error.value)
+
+
+def test_pull_token_file_with_byte_order_mark(coordinator: Coordinator, tmp_path: Path) -> None:
+    token_file = tmp_path / "bom.token"
+    token_file.write_text("\ufeff" + coordinator.token_file.read_text(encoding="utf-8"), encoding="utf-8")
+    token_file.chmod(0o600)
+
+    completed = _pull(coordinator, tmp_path / "models", token_file=token_file)
+
+    assert completed.returncode == 0, completed.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("tok en", "spaces or characters that are not printable ASCII"), ("t\u00f6ken", "not printable ASCII")],
+    ids=["space", "non-ascii"],
+)
+def test_read_token_rejects_bad_text(tmp_path: Path, content: str, message: str) -> None:
+    token_file = tmp_path / "site.token"
+    token_file.write_text(content + "\n", encoding="utf-8")
+
+    with pytest.raises(PullError, match=message):
+        read_token(token_file)
+
+
+def test_pull_rejects_invalid_version(coordinator: Coordinator, tmp_path: Path) -> None:
+    completed = _pull(coordinator, tmp_path / "models", "--version", "../../etc/passwd")
+
+    assert completed.returncode == 1
+    assert "invalid --version '../../etc/passwd': use latest, best or <run>/round-NNN" in completed.stderr
+    assert "Traceback" not in completed.stderr
 
 
 def test_pull_unreachable_keeps_verified_bundle(coordinator: Coordinator, tmp_path: Path) -> None:
