@@ -58,7 +58,14 @@ from common.bundle import PUBLIC_KEY_ENV, Bundle, load_bundle, load_public_key
 from common.config import DatasetConfig
 from common.exceptions import DataFileNotFoundError, DataValidationError, FedIDSError
 from common.inference import RUNTIMES, Predictor, make_predictor
-from common.loading import DEFAULT_CHUNK_BYTES, clean_flows, iter_flow_csv, map_labels, read_flow_csv
+from common.loading import (
+    DEFAULT_CHUNK_BYTES,
+    clean_flows,
+    delimiter_hint,
+    iter_flow_csv,
+    map_labels,
+    read_flow_csv,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -239,7 +246,7 @@ class FlowDetector:
             raise DataValidationError(
                 f"{source}: missing {len(missing)} column(s) that model {self.bundle.version} needs: {missing}; "
                 f"the flow exporter must write the same columns as the {self.bundle.preprocessor.dataset!r} "
-                "training data"
+                f"training data.{delimiter_hint(list(columns))}"
             )
 
     def process(self, frame: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -488,6 +495,7 @@ def detect_file(
         If the file is missing, empty, not CSV, or lacks the bundle's input columns.
     """
     started = time.perf_counter()
+    _require_input(path)
     frame = read_flow_csv(path)
     result = detect_frame(
         bundle, frame, source=str(path), batch_size=batch_size, runtime=runtime, predictor=predictor
@@ -526,7 +534,10 @@ def detect_to_csv(
         As :func:`detect_file`, for the chunk that has the problem.
     """
     started = time.perf_counter()
+    _require_input(path)
     target = Path(out)
+    if not target.parent.is_dir():
+        raise DataFileNotFoundError(f"output folder not found: {target.parent}; create it or choose another --out")
     partial = target.with_name(target.name + ".partial")
     detector = FlowDetector(bundle, _predictor_for(bundle, predictor, runtime, batch_size))
     written_header = False
@@ -541,6 +552,12 @@ def detect_to_csv(
         partial.unlink(missing_ok=True)
     empty = detector._empty_predictions(pd.DataFrame())
     return _result(detector, empty, str(path), time.perf_counter() - started)
+
+
+def _require_input(path: str | os.PathLike[str]) -> None:
+    """Raise DataFileNotFoundError naming the traffic file when it does not exist."""
+    if not Path(path).exists():
+        raise DataFileNotFoundError(f"input file not found: {path}; check --input")
 
 
 def _result(detector: FlowDetector, predictions: pd.DataFrame, source: str, seconds: float) -> DetectionResult:
@@ -858,6 +875,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise DataValidationError(f"--poll-seconds must be above 0, got {args.poll_seconds}")
         if args.idle_timeout < 0:
             raise DataValidationError(f"--idle-timeout must be 0 (no limit) or more, got {args.idle_timeout}")
+        for option, target in (("--out", args.out), ("--summary", args.summary)):
+            if target is not None and not target.resolve().parent.is_dir():
+                raise DataValidationError(f"{option} {target}: folder {target.parent} not found; create it first")
         written = [path.resolve() for path in (args.out, args.summary) if path is not None]
         if args.input.resolve() in written:
             raise DataValidationError(

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -698,6 +699,8 @@ def load_bundle(
         raise BundleVerificationError(str(error).replace(str(folder), str(source))) from error
     bundle.source = source
     bundle._workspace = workspace
+    # Messages about the dataset rules name the user's bundle, not the private copy.
+    bundle.dataset_config = dataclasses.replace(bundle.dataset_config, source=source / DATASET_FILE)
     logger.info(
         "bundle: loaded %s from %s (signature %s, W=%d, classes %s)",
         bundle.version,

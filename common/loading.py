@@ -26,7 +26,7 @@ import io
 import logging
 import os
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -619,6 +619,14 @@ def map_labels(column: pd.Series, task: TaskConfig, config: DatasetConfig, sourc
     return _map_labels(column, task, config, source)
 
 
+def delimiter_hint(columns: Sequence[str]) -> str:
+    """Return a sentence for a header that looks split by another delimiter than the comma, else ``""``."""
+    for delimiter, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "vertical bars")):
+        if any(column.count(delimiter) >= 2 for column in columns):
+            return f" The header seems to be separated by {name}; flow files must be comma-separated."
+    return ""
+
+
 def _check_columns(
     frame: pd.DataFrame,
     config: DatasetConfig,
@@ -633,16 +641,18 @@ def _check_columns(
     present = [str(column) for column in frame.columns]
     missing = [column for column in required if column not in frame.columns]
     if missing:
+        # Only columns that the configuration does not use can be misspellings of a missing one.
+        unused = [column for column in present if column not in required]
         hints = []
         for column in missing:
-            matches = difflib.get_close_matches(column, present, n=3, cutoff=0.6)
+            matches = difflib.get_close_matches(column, unused, n=3, cutoff=0.6)
             if matches:
                 hints.append(f"{column!r} -> {' or '.join(repr(match) for match in matches)}")
         did_you_mean = f" Did you mean {', '.join(hints)}?" if hints else ""
         raise DataValidationError(
             f"{source}: missing required column(s) {missing} for dataset {config.name!r}, "
-            f"task {task.name!r}.{did_you_mean} Rename the file's columns or fix the column names "
-            f"in {config.source}"
+            f"task {task.name!r}.{did_you_mean}{delimiter_hint(present)} Rename the file's columns or fix "
+            f"the column names in {config.source}"
         )
     repeated = sorted({column for column in required if list(frame.columns).count(column) > 1})
     if repeated:

@@ -119,6 +119,7 @@ def test_load_bundle_ignores_swap_after_verify(bundle_copy: Path, keys: KeyPair)
     assert bundle.onnx_path.read_bytes() == verified_onnx
     assert tuple(bundle.model.input_shape[1:]) == (1, 5)
     assert bundle.source == bundle_copy
+    assert bundle.dataset_config.source == bundle_copy / "dataset.toml"
     assert bundle.path.parent.stat().st_mode & 0o077 == 0
 
 

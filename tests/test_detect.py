@@ -188,8 +188,10 @@ def test_detect_file_reads_gzip(bundle_w1: Bundle, tmp_path: Path) -> None:
 
 
 def test_detect_file_missing_file(bundle_w1: Bundle, tmp_path: Path) -> None:
-    with pytest.raises(DataFileNotFoundError, match="data file not found"):
+    with pytest.raises(DataFileNotFoundError, match=r"input file not found: .*missing\.csv; check --input"):
         detect_file(bundle_w1, tmp_path / "missing.csv", predictor=LastFlowPredictor())
+    with pytest.raises(DataFileNotFoundError, match="input file not found"):
+        detect_to_csv(bundle_w1, tmp_path / "missing.csv", tmp_path / "out.csv", predictor=LastFlowPredictor())
 
 
 # ---------------------------------------------------------------------------
@@ -579,3 +581,14 @@ def test_detect_main_keeps_input_file(tmp_path: Path, capsys: pytest.CaptureFixt
     assert status == 1
     assert "is also an output file" in capsys.readouterr().err
     assert capture.read_text(encoding="utf-8") == "a,b\n1,2\n"
+
+
+def test_detect_main_checks_output_folder_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capture = tmp_path / "capture.csv"
+    capture.write_text("a,b\n1,2\n", encoding="utf-8")
+    missing = tmp_path / "absent" / "predictions.csv"
+
+    status = detect_main(["--model", str(tmp_path / "none"), "--input", str(capture), "--out", str(missing)])
+
+    assert status == 1
+    assert f"--out {missing}: folder {missing.parent} not found; create it first" in capsys.readouterr().err

@@ -281,6 +281,22 @@ def test_clean_missing_columns_did_you_mean() -> None:
     assert "configs/toy.toml" in message
 
 
+def test_clean_missing_columns_never_suggests_used_column() -> None:
+    # "Dur" is missing; "Bytes" is present and required, so it is no misspelling of it.
+    frame = raw_frame([["10.0.0.1", "1", "e", "0"]], header="SrcAddr,Bytes,Flgs,Label")
+    with pytest.raises(DataValidationError, match=r"missing required column\(s\) \['Dur'\]") as error:
+        clean_flows(frame, make_config(), source="site.csv")
+    assert "Did you mean" not in str(error.value)
+
+
+def test_clean_semicolon_file_gets_delimiter_hint(tmp_path: Path) -> None:
+    path = tmp_path / "flows.csv"
+    path.write_text(HEADER.replace(",", ";") + "\n" + FLOWS[0].replace(",", ";") + "\n")
+
+    with pytest.raises(DataValidationError, match="separated by semicolons; flow files must be comma-separated"):
+        load_flows(path, make_config())
+
+
 def test_clean_missing_label_column_listed() -> None:
     frame = raw_frame([["1", "0.5", "e"]], header="Bytes,Dur,Flgs")
     pattern = r"<frame>: missing required column\(s\) \['Attack'\] for dataset 'toy', task 'category'\."
