@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -329,9 +330,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _TerminatedError(Exception):
+    """Raised in the main thread when SIGTERM arrives, so that the run stops like on Ctrl-C."""
+
+
+def _raise_terminated(_signum: int, _frame: object) -> None:
+    raise _TerminatedError
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         config = load_dataset_config(args.dataset)
         task = config.task(args.task)
@@ -350,6 +360,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FedIDSError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted; metrics.json was not written", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except _TerminatedError:
+        print("terminated; metrics.json was not written", file=sys.stderr)
+        return 128 + signal.SIGTERM
     print(format_table(metrics))
     print(f"wrote {args.out / 'metrics.json'}")
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -542,3 +543,31 @@ def test_baselines_reject_unknown_name(wustl_config: DatasetConfig) -> None:
 
     with pytest.raises(ConfigError, match=r"unknown baseline\(s\) \['svm'\]"):
         run_baselines(["svm"], X, y, X, y, wustl_config.task("binary"), seed=0)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_cli_signal_stops_without_traceback(wustl_path: Path, tmp_path: Path, signum: signal.Signals) -> None:
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--dataset", "wustl-ehms-2020", "--data-dir", str(wustl_path.parent.parent),
+         "--max-rows", "4000", "--holdout", "--epochs", "500", "--baselines", "none", "--out", str(tmp_path / "out")],
+        cwd=REPOSITORY,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if "resample:" in line:  # training is about to start
+            break
+    process.send_signal(signum)
+    try:
+        output, _ = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise
+
+    assert process.returncode == 128 + signum, output[-2000:]
+    assert "metrics.json was not written" in output
+    assert "Traceback" not in output
+    assert not (tmp_path / "out" / "metrics.json").exists()
