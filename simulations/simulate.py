@@ -313,6 +313,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     final_dir = run_dir / f"round-{last_round:03d}"
     federated_model, federated_preprocessor = load_model(final_dir)
 
+    failed_rounds = [entry["round"] for entry in history if entry.get("failures")]
+    if failed_rounds:
+        logger.warning(
+            "federation: sites failed in %d of %d rounds (rounds %s); the round records in %s name them",
+            len(failed_rounds),
+            len(history),
+            failed_rounds,
+            run_dir,
+        )
+    # A site given its own file (--site-file) has that file's rows, not its share of the dataset.
+    site_rows: list[int | None] = [len(share) for share in shares]
+    for index in site_overrides:
+        try:
+            site_rows[index] = len(read_flow_csv(site_dir / f"site-{index}.csv"))
+        except FedIDSError:
+            site_rows[index] = None
+
     test_set = TestSet(table=table, runs=split.test)
     comparison = compare_models(
         sites,
@@ -337,7 +354,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rounds": args.rounds,
         "local_epochs": local_epochs,
         "test_rows": len(split.rows("test")),
-        "site_rows": [len(share) for share in shares],
+        "site_rows": site_rows,
+        "site_files": [str(site_dir / f"site-{index}.csv") for index in range(args.sites)],
+        "failures_per_round": [int(entry.get("failures", 0)) for entry in history],
         "federation_seconds": federation_seconds,
         "final_checkpoint": str(final_dir),
         "history": history,

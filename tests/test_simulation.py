@@ -145,6 +145,11 @@ def test_simulation_broken_site_fails_alone(simulation_run: SimulationRun) -> No
         assert "SrcLoad" in reasons, reasons
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     assert all(entry["n_sites_ok"] == 2 for entry in history)
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["failures_per_round"]) == 2
+    assert all(count > 0 for count in report["failures_per_round"])
+    assert report["site_rows"][2] == len(read_flow_csv(out / "sites" / "site-2.csv"))
+    assert report["site_files"][2].endswith("site-2.csv")
 
 
 def test_simulation_merged_statistics_cover_sites(
