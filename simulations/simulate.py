@@ -480,6 +480,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Flower's logger prints through its own handler, so passing its lines on
+    # to the root handler as well would print each of them twice.
+    logging.getLogger("flwr").propagate = False
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     reexec_in_network_namespace(argv)
