@@ -196,6 +196,11 @@ class _OpenEpisode:
     class_counts: np.ndarray
 
 
+#: Rows a chunk needs before a numeric column without any number is reported; a few
+#: rows without a value can be normal, a whole batch without one is an exporter fault.
+EMPTY_COLUMN_MIN_ROWS = 20
+
+
 def detection_config(config: DatasetConfig) -> DatasetConfig:
     """Return the dataset rules for detection: impute missing values and keep duplicates, so every row is scored."""
     return dataclasses.replace(config, missing_values="impute", drop_duplicates=False)
@@ -290,7 +295,17 @@ class FlowDetector:
         columns = list(self.config.numeric_features)
         if not columns:
             return
-        missing_share = np.isnan(features[columns].to_numpy(dtype=np.float64)).mean(axis=1)
+        missing = np.isnan(features[columns].to_numpy(dtype=np.float64))
+        empty_columns = [column for column, empty in zip(columns, missing.all(axis=0), strict=True) if empty]
+        if empty_columns and n_rows >= EMPTY_COLUMN_MIN_ROWS:
+            logger.warning(
+                "detect: column(s) %s in %s hold no numbers in %d flow(s), so the federation's imputed values "
+                "stand in for them; check the flow exporter",
+                empty_columns,
+                source,
+                n_rows,
+            )
+        missing_share = missing.mean(axis=1)
         count = int(np.count_nonzero(missing_share > 0.5))
         if count:
             self.mostly_imputed_rows += count
@@ -470,7 +485,7 @@ def detect_frame(
     ------
     DataValidationError
         If the frame lacks input columns of the bundle's preprocessing (all
-        of them are named) or a numeric column contains no numbers.
+        of them are named).
     """
     started = time.perf_counter()
     detector = FlowDetector(bundle, _predictor_for(bundle, predictor, runtime, batch_size))

@@ -592,3 +592,14 @@ def test_detect_main_checks_output_folder_first(tmp_path: Path, capsys: pytest.C
 
     assert status == 1
     assert f"--out {missing}: folder {missing.parent} not found; create it first" in capsys.readouterr().err
+
+
+def test_detect_frame_warns_about_empty_column(bundle_w1: Bundle, caplog: pytest.LogCaptureFixture) -> None:
+    frame = toy_frame([1, 9] * 15)
+    frame["b"] = "n/a"  # the exporter wrote no number in this column
+
+    with caplog.at_level(logging.WARNING, logger="client.detect"):
+        result = detect_frame(bundle_w1, frame, predictor=LastFlowPredictor())
+
+    assert result.rows_scored == 30
+    assert "column(s) ['b'] in <frame> hold no numbers in 30 flow(s)" in caplog.text
