@@ -196,8 +196,8 @@ class _OpenEpisode:
     class_counts: np.ndarray
 
 
-#: Rows a chunk needs before a numeric column without any number is reported; a few
-#: rows without a value can be normal, a whole batch without one is an exporter fault.
+#: Rows a chunk needs before a numeric column without any number is reported.
+#: A few rows without a value can be normal, but a whole batch points to the exporter.
 EMPTY_COLUMN_MIN_ROWS = 20
 
 
