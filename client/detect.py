@@ -605,6 +605,8 @@ class _Stop:
 
     @classmethod
     def handle(cls, signum: int, frame: FrameType | None) -> None:
+        if not cls.requested:
+            logger.info("follow: %s received; finishing the summary and stopping", signal.Signals(signum).name)
         cls.requested = True
 
 
