@@ -342,6 +342,47 @@ def test_results_timeline_svg(admin: FlaskClient, tmp_path: Path) -> None:
     assert "alert: attack" in response.get_data(as_text=True)
 
 
+def test_downloads_with_relative_instance_folder(
+    tmp_path: Path, bundle: Bundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The command's default instance folder is relative, and Flask's send_file
+    # would look for a relative path under the package folder.
+    monkeypatch.chdir(tmp_path)
+    settings = WebSettings(
+        instance_dir=Path("runs/site-console"), password_time_cost=1, password_memory_kib=1024, password_parallelism=1
+    )
+    console = create_console_app(settings, Detector(bundle, LastFlowPredictor()))
+    add_users(console)
+    client = console.test_client()
+    sign_in(client, *ANALYST)
+
+    location = _upload(client, _traffic(tmp_path)).headers["Location"]
+    predictions = client.get(f"{location}/predictions.csv")
+    timeline = client.get(f"{location}/timeline.svg")
+
+    assert web_state(console).settings.instance_dir == tmp_path.resolve() / "runs" / "site-console"
+    assert predictions.status_code == 200
+    assert len(pd.read_csv(io.BytesIO(predictions.data))) == len(LABELS)
+    assert timeline.status_code == 200
+    assert "alert: attack" in timeline.get_data(as_text=True)
+    assert _audit_actions(console).count("download") == 1
+
+
+def test_failed_download_is_not_audited(
+    app: Flask, admin: FlaskClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    location = _upload(admin, _traffic(tmp_path)).headers["Location"]
+
+    def fail_to_open(*_args: object, **_kwargs: object) -> None:
+        raise FileNotFoundError("predictions.csv vanished")
+
+    monkeypatch.setattr("client.console.app.send_file", fail_to_open)
+    response = admin.get(f"{location}/predictions.csv")
+
+    assert response.status_code == 500
+    assert "download" not in _audit_actions(app)
+
+
 def test_results_without_attacks(admin: FlaskClient, tmp_path: Path) -> None:
     location = _upload(admin, _traffic(tmp_path, [0] * 20)).headers["Location"]
 
@@ -478,6 +519,24 @@ def test_upload_file_name_loses_folders(app: Flask, admin: FlaskClient, tmp_path
 
     events = web_state(app).audit.page(1).events
     assert {event.file_name for event in events if event.action == "analysis"} == {"traffic.csv"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["evil\u202ecsv.exe", "evil\u2066csv\u2069.exe", "evil\x00\x07\x9bcsv.exe", "evil\u200bcsv.exe"],
+    ids=["right-to-left-override", "isolates", "c0-controls", "zero-width-space"],
+)
+def test_upload_file_name_loses_control_characters(
+    app: Flask, admin: FlaskClient, tmp_path: Path, name: str
+) -> None:
+    location = _upload(admin, _traffic(tmp_path), name=name).headers["Location"]
+
+    download = admin.get(f"{location}/predictions.csv")
+
+    names = {event.file_name for event in web_state(app).audit.page(1).events if event.file_name}
+    assert names == {"evilcsv.exe"}
+    assert "Results for evilcsv.exe" in admin.get(location).get_data(as_text=True)
+    assert download.headers["Content-Disposition"] == "attachment; filename=predictions-evilcsv.csv"
 
 
 # Roles -------------------------------------------------------------------------

@@ -7,6 +7,7 @@ own blueprints and inherit that rule.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import logging
@@ -108,7 +109,10 @@ def create_web_app(
     import_name : str
         Package of the app, whose ``templates/`` folder is searched first.
     settings : WebSettings
-        Validated settings; the instance folder is created if needed.
+        Validated settings; the instance folder is created if needed. A
+        relative instance folder is resolved against the current working
+        directory here, because Flask's ``send_file`` would resolve it
+        against the app's package folder instead.
     title : str
         Name shown in the page header.
     cookie_name : str
@@ -122,8 +126,10 @@ def create_web_app(
     Returns
     -------
     Flask
-        The app, with :class:`WebState` under ``app.extensions``.
+        The app, with :class:`WebState` under ``app.extensions``; its
+        settings have an absolute ``instance_dir``.
     """
+    settings = dataclasses.replace(settings, instance_dir=settings.instance_dir.resolve())
     settings.instance_dir.mkdir(parents=True, exist_ok=True)
     app = Flask(import_name)
     app.config.update(
