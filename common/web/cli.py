@@ -209,12 +209,13 @@ def serve(app: Flask, settings: WebSettings, name: str) -> None:
         server.close()
         raise SystemExit(0)
 
+    # Waitress's run() catches KeyboardInterrupt and SystemExit and returns
+    # without a word, so both signals get this handler, which logs first.
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     print(f"{name}: serving on http://{settings.host}:{port}", flush=True)
     try:
         server.run()
-    except KeyboardInterrupt:
-        logger.info("serve: stopping %s", name)
     finally:
         server.close()
 
