@@ -221,6 +221,86 @@ def test_logout_rejects_missing_csrf(admin: FlaskClient) -> None:
     assert admin.get("/upload").status_code == 200
 
 
+# Password change ----------------------------------------------------------------
+
+NEW_PASSWORD = "a brand new passphrase"
+
+
+def _change_password(client: FlaskClient, current: str, new: str, confirm: str | None = None):
+    return client.post(
+        "/account/password",
+        data={
+            "csrf_token": page_token(client, "/account/password"),
+            "current_password": current,
+            "new_password": new,
+            "confirm_password": new if confirm is None else confirm,
+        },
+    )
+
+
+def test_password_page_linked_from_header(analyst: FlaskClient) -> None:
+    html = analyst.get("/upload").get_data(as_text=True)
+    form = analyst.get("/account/password").get_data(as_text=True)
+
+    assert 'href="/account/password"' in html
+    assert 'name="current_password"' in form
+    assert 'name="csrf_token"' in form
+
+
+def test_password_change_signs_out_other_sessions(app: Flask, analyst: FlaskClient) -> None:
+    other_browser = app.test_client()
+    sign_in(other_browser, *ANALYST)
+
+    response = _change_password(analyst, ANALYST[1], NEW_PASSWORD)
+
+    assert response.status_code == 303
+    assert analyst.get("/upload").status_code == 200
+    assert other_browser.get("/upload").status_code == 303
+    assert web_state(app).accounts.sign_in(ANALYST[0], ANALYST[1], "127.0.0.1").user is None
+    sign_in(app.test_client(), ANALYST[0], NEW_PASSWORD)
+    events = web_state(app).audit.page(1).events
+    assert [event.username for event in events if event.action == "password-changed"] == [ANALYST[0]]
+
+
+@pytest.mark.parametrize(
+    ("current", "new", "confirm", "status", "message"),
+    [
+        ("wrong password", NEW_PASSWORD, None, 403, "The current password is wrong."),
+        (ANALYST[1], NEW_PASSWORD, "a different passphrase", 422, "The two new passwords differ"),
+        (ANALYST[1], "short", None, 422, "The password was not changed: password too short: use at least 12"),
+    ],
+    ids=["wrong-current", "confirmation-differs", "too-short"],
+)
+def test_password_change_rejected(
+    app: Flask, analyst: FlaskClient, current: str, new: str, confirm: str | None, status: int, message: str
+) -> None:
+    response = _change_password(analyst, current, new, confirm)
+
+    assert response.status_code == status
+    assert message in response.get_data(as_text=True)
+    assert analyst.get("/upload").status_code == 200
+    sign_in(app.test_client(), *ANALYST)
+    assert "password-changed" not in _audit_actions(app)
+
+
+def test_password_change_wrong_current_locks_out(app: Flask, analyst: FlaskClient) -> None:
+    statuses = [_change_password(analyst, "wrong password", NEW_PASSWORD).status_code for _ in range(4)]
+
+    assert statuses == [403, 403, 403, 429]
+    assert _audit_actions(app)[:2] == ["sign-in-locked", "password-change-failed"]
+    assert web_state(app).accounts.sign_in(ANALYST[0], ANALYST[1], "127.0.0.1").locked
+
+
+def test_password_change_rejects_missing_csrf(app: Flask, analyst: FlaskClient) -> None:
+    response = analyst.post(
+        "/account/password",
+        data={"current_password": ANALYST[1], "new_password": NEW_PASSWORD, "confirm_password": NEW_PASSWORD},
+    )
+
+    assert response.status_code == 400
+    sign_in(app.test_client(), *ANALYST)
+
+
 def test_pages_send_security_headers(admin: FlaskClient) -> None:
     response = admin.get("/upload")
 

@@ -258,6 +258,40 @@ def _blueprint() -> Blueprint:
             state.audit.record("sign-out", username=user.username, remote_addr=client_address())
         return redirect(url_for("web.login"), code=303)
 
+    @blueprint.route("/account/password", methods=["GET", "POST"])
+    def change_password() -> ResponseReturnValue:
+        state = web_state()
+        user = signed_in_user()
+        if request.method == "GET":
+            return render_template("password.html", error="")
+
+        new_password = request.form.get("new_password", "")
+        if new_password != request.form.get("confirm_password", ""):
+            return render_template("password.html", error="The two new passwords differ; type them again."), 422
+        try:
+            result = state.accounts.change_password(
+                user.username, request.form.get("current_password", ""), new_password,
+                keep_token=session.get(_SESSION_TOKEN, ""), remote_addr=client_address(),
+            )
+        except AccountError as error:
+            return render_template("password.html", error=f"The password was not changed: {error}."), 422
+        if result.locked:
+            minutes = max(1, -(-int(result.locked_seconds) // 60))
+            state.audit.record("sign-in-locked", username=user.username, remote_addr=client_address(),
+                               detail="password change")
+            error_text = (
+                f"Too many failed attempts. Password changes are locked for {minutes} more "
+                f"minute{'s' if minutes != 1 else ''}; try again later or ask an administrator."
+            )
+            return render_template("password.html", error=error_text), 429
+        if result.user is None:
+            state.audit.record("password-change-failed", username=user.username, remote_addr=client_address())
+            return render_template("password.html", error="The current password is wrong."), 403
+
+        state.audit.record("password-changed", username=user.username, remote_addr=client_address())
+        flash("Password changed. Your sessions in other browsers have been signed out.", "info")
+        return redirect(url_for(current_app.config["HOME_ENDPOINT"]), code=303)
+
     @blueprint.route("/admin/audit")
     @administrator_required
     def audit() -> ResponseReturnValue:
