@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
+import http.client
 import io
+import logging
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +26,7 @@ from client.console.app import create_console_app
 from client.console.detection import Detector
 from common.bundle import Bundle, load_bundle
 from common.web.app import web_state
+from common.web.serving import create_wsgi_server
 from common.web.settings import MEBIBYTE, WebSettings
 from tests.web_support import (
     ADMIN,
@@ -540,11 +545,60 @@ def test_upload_without_file(admin: FlaskClient) -> None:
     assert "Choose a traffic file" in response.get_data(as_text=True)
 
 
-def test_upload_oversize_file(admin: FlaskClient) -> None:
-    response = _upload(admin, b"a," * MEBIBYTE)
+def test_upload_oversize_file(app: Flask, admin: FlaskClient, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="common.web.app"):
+        response = _upload(admin, b"a," * MEBIBYTE)
 
+    html = response.get_data(as_text=True)
     assert response.status_code == 413
-    assert "larger than this console&#39;s limit of 1 MiB" in response.get_data(as_text=True)
+    assert "is larger than this console&#39;s limit of 1 MB (1,048,576 bytes)" in html
+    assert "Compress the CSV file with gzip" in html
+    assert "Request Entity Too Large" not in html
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "over the limit of 1048576 bytes" in warnings[0]
+    event = web_state(app).audit.page(1).events[0]
+    assert (event.action, event.username) == ("upload-too-large", ADMIN[0])
+
+
+@pytest.mark.parametrize(
+    ("declared_bytes", "send_body"),
+    [(3 * MEBIBYTE, False), (MEBIBYTE + MEBIBYTE // 2, True)],
+    ids=["over-waitress-limit", "between-limits"],
+)
+def test_served_oversize_upload_gets_app_page(
+    app: Flask, admin: FlaskClient, declared_bytes: int, send_body: bool
+) -> None:
+    # Waitress rejects a body over its own limit (the app's limit + 1 MiB) before the app sees it.
+    settings = dataclasses.replace(web_state(app).settings, port=0)
+    server = create_wsgi_server(app, settings)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    cookie = admin.get_cookie("fedids_console_session")
+    assert cookie is not None
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", server.effective_port, timeout=30)
+        connection.putrequest("POST", "/upload")
+        connection.putheader("Content-Type", "multipart/form-data; boundary=fedids")
+        connection.putheader("Content-Length", str(declared_bytes))
+        connection.putheader("Cookie", f"fedids_console_session={cookie.value}")
+        connection.endheaders()
+        if send_body:
+            connection.send(b"a" * declared_bytes)
+        response = connection.getresponse()
+        html = response.read().decode("utf-8")
+        connection.close()
+    finally:
+        server.close()
+        thread.join(timeout=30)
+
+    assert response.status == 413
+    assert response.getheader("Content-Type") == "text/html; charset=utf-8"
+    assert "limit of 1 MB (1,048,576 bytes)" in html
+    assert "exceeds max_body" not in html
+    event = web_state(app).audit.page(1).events[0]
+    assert (event.action, event.username) == ("upload-too-large", ADMIN[0])
+    assert event.detail == f"{declared_bytes} bytes to /upload, limit 1048576 bytes"
 
 
 HOSTILE_FILES = {

@@ -361,10 +361,27 @@ def _register_error_pages(app: Flask) -> None:
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_error: RequestEntityTooLarge) -> ResponseReturnValue:
-        limit = web_state().settings.max_upload_bytes / MEBIBYTE
+        state = web_state()
+        if "user" not in g:
+            # The CSRF check reads the form first, so the request can fail here before _load_user ran.
+            g.user = state.accounts.user_for_token(session.get(_SESSION_TOKEN, ""))
+        user = current_user()
+        username = user.username if user is not None else ""
+        limit_bytes = state.settings.max_upload_bytes
+        size_bytes = request.content_length or 0
+        logger.warning(
+            "upload: rejected a %d-byte request body to %s from %s (user %r), over the limit of %d bytes",
+            size_bytes, request.path, client_address(), username, limit_bytes,
+        )
+        state.audit.record(
+            "upload-too-large", username=username, remote_addr=client_address(),
+            detail=f"{size_bytes} bytes to {request.path}, limit {limit_bytes} bytes",
+        )
+        # The limit is shown in the unit of --max-upload-mb, which counts MB of 1,048,576 bytes.
         message = (
-            f"The upload is larger than this console's limit of {limit:g} MiB. "
-            "Split the capture into smaller files, or gzip it, and upload again."
+            f"The upload ({size_bytes / MEBIBYTE:.1f} MB) is larger than this console's limit of "
+            f"{limit_bytes / MEBIBYTE:g} MB ({limit_bytes:,} bytes). Compress the CSV file with gzip "
+            "(the console reads .csv.gz files) or split it into smaller files, and upload again."
         )
         return render_template("error.html", code=413, title="File too large", message=message), 413
 

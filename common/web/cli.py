@@ -28,14 +28,13 @@ from common.exceptions import FedIDSError
 from common.web.accounts import AccountError, AccountStore, normalize_username
 from common.web.audit import AuditLog
 from common.web.database import ROLE_ADMINISTRATOR, ROLE_ANALYST, ROLES, open_database
+from common.web.serving import create_wsgi_server
 from common.web.settings import MEBIBYTE, WebSettings
 
 logger = logging.getLogger(__name__)
 
 #: Environment variable read by create-admin and create-user when --password-stdin is not given.
 PASSWORD_ENV = "FEDIDS_WEB_PASSWORD"
-
-WAITRESS_THREADS = 4
 
 
 def build_parser(
@@ -251,24 +250,13 @@ def serve(app: Flask, settings: WebSettings, name: str) -> None:
     Prints ``<name>: serving on http://HOST:PORT`` once the socket listens,
     with the port the system chose when ``settings.port`` is 0.
     """
-    from waitress.server import create_server
-
     if not _is_loopback(settings.host):
         logger.warning(
             "serve: listening on %s, which other machines can reach; put a TLS proxy in front and pass "
             "--secure-cookies",
             settings.host,
         )
-    server = create_server(
-        app,
-        host=settings.host,
-        port=settings.port,
-        threads=WAITRESS_THREADS,
-        # Waitress buffers the whole body before the app receives it. A little
-        # more than the app's limit lets the app respond 413 with its own page.
-        max_request_body_size=settings.max_upload_bytes + MEBIBYTE,
-        ident="fedids",
-    )
+    server = create_wsgi_server(app, settings)
     port = getattr(server, "effective_port", settings.port)
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
