@@ -306,6 +306,55 @@ def test_password_change_rejects_missing_csrf(app: Flask, analyst: FlaskClient) 
     sign_in(app.test_client(), *ANALYST)
 
 
+# Client address behind a proxy ----------------------------------------------------
+
+
+def _console_behind_proxy(tmp_path: Path, bundle: Bundle, trusted_proxies: tuple[str, ...]) -> Flask:
+    settings = WebSettings(
+        instance_dir=tmp_path / "proxied", login_max_failures_per_address=2, trusted_proxies=trusted_proxies,
+        password_time_cost=1, password_memory_kib=1024, password_parallelism=1,
+    )
+    console = create_console_app(settings, Detector(bundle, LastFlowPredictor()))
+    add_users(console)
+    return console
+
+
+def _sign_in_from(client: FlaskClient, username: str, password: str, forwarded_for: str) -> int:
+    token = csrf_token(client.get("/login").get_data(as_text=True))
+    response = client.post(
+        "/login", data={"username": username, "password": password, "csrf_token": token},
+        headers={"X-Forwarded-For": forwarded_for},
+    )
+    return response.status_code
+
+
+def test_forwarded_for_ignored_by_default(tmp_path: Path, bundle: Bundle) -> None:
+    console = _console_behind_proxy(tmp_path, bundle, ())
+
+    status = _sign_in_from(console.test_client(), "mallory", "wrong password", "203.0.113.5")
+
+    assert status == 401
+    assert web_state(console).audit.page(1).events[0].remote_addr == "127.0.0.1"
+
+
+def test_forwarded_for_from_trusted_proxy(tmp_path: Path, bundle: Bundle) -> None:
+    # The test client's peer address is 127.0.0.1, the proxy here.
+    console = _console_behind_proxy(tmp_path, bundle, ("127.0.0.1", "10.0.0.0/8"))
+    client = console.test_client()
+
+    # The client wrote the left entry itself; the right one is what a trusted hop saw.
+    statuses = [_sign_in_from(client, name, "wrong password", "198.51.100.1, 203.0.113.5, 10.0.0.2")
+                for name in ("carol", "dave")]
+    locked = _sign_in_from(client, *ANALYST, "203.0.113.5")
+    other_client = _sign_in_from(client, *ANALYST, "203.0.113.6")
+
+    assert statuses == [401, 401]
+    assert locked == 429
+    assert other_client == 303
+    addresses = [event.remote_addr for event in web_state(console).audit.page(1).events]
+    assert addresses == ["203.0.113.6", "203.0.113.5", "203.0.113.5", "203.0.113.5"]
+
+
 def test_pages_send_security_headers(admin: FlaskClient) -> None:
     response = admin.get("/upload")
 

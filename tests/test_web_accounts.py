@@ -178,15 +178,15 @@ def test_end_session_revokes_token(store: AccountStore) -> None:
 def test_change_password_ends_other_sessions(store: AccountStore) -> None:
     store.create_user("alice", "correct horse battery", "analyst")
     store.create_user("bob", "staple tree orbit 42", "analyst")
-    kept = store.sign_in("alice", "correct horse battery", "10.0.0.1", now=START).token
+    kept_token = store.sign_in("alice", "correct horse battery", "10.0.0.1", now=START).token
     other = store.sign_in("alice", "correct horse battery", "10.0.0.2", now=START).token
     bobs = store.sign_in("bob", "staple tree orbit 42", "10.0.0.3", now=START).token
 
-    result = store.change_password("alice", "correct horse battery", "a brand new passphrase", keep_token=kept,
+    result = store.change_password("alice", "correct horse battery", "a brand new passphrase", keep_token=kept_token,
                                    remote_addr="10.0.0.1", now=START)
 
     assert result.user is not None
-    assert store.user_for_token(kept, now=START) is not None
+    assert store.user_for_token(kept_token, now=START) is not None
     assert store.user_for_token(other, now=START) is None
     assert store.user_for_token(bobs, now=START) is not None
     assert store.sign_in("alice", "correct horse battery", "10.0.0.1", now=START).user is None
@@ -254,7 +254,7 @@ def _lock_out_alice_and_address(store: AccountStore) -> None:
     store.sign_in("dave", "wrong", "10.0.0.9", now=START + dt.timedelta(seconds=4))
 
 
-def test_unlock_user_keeps_other_failures(store: AccountStore) -> None:
+def test_unlock_user_deletes_only_its_failures(store: AccountStore) -> None:
     store.create_user("alice", "correct horse battery", "analyst")
     _lock_out_alice_and_address(store)
     later = START + dt.timedelta(seconds=10)
@@ -264,6 +264,7 @@ def test_unlock_user_keeps_other_failures(store: AccountStore) -> None:
     assert deleted == 3
     # The address is below its limit again, because alice's failures no longer count there either.
     assert store.sign_in("alice", "correct horse battery", "10.0.0.9", now=later).user is not None
+    assert store.unlock(address="10.0.0.9") == 2
 
 
 def test_unlock_address_and_all(store: AccountStore) -> None:
@@ -323,10 +324,11 @@ def test_secret_key_from_environment_too_short(tmp_path: Path, monkeypatch: pyte
         ({"port": 70000}, "port must be between 0 and 65535, got 70000"),
         ({"login_max_failures": 0}, "login_max_failures must be positive, got 0"),
         ({"max_upload_bytes": 10, "max_uncompressed_bytes": 5}, "max_uncompressed_bytes \\(5\\) must be at least"),
+        ({"trusted_proxies": ("10.0.0.1", "proxy.local")}, "invalid trusted proxy 'proxy.local': give an IP"),
     ],
-    ids=["port", "failures", "uncompressed"],
+    ids=["port", "failures", "uncompressed", "trusted-proxy"],
 )
-def test_settings_invalid_values(tmp_path: Path, options: dict[str, int], message: str) -> None:
+def test_settings_invalid_values(tmp_path: Path, options: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         WebSettings(instance_dir=tmp_path, **options)  # type: ignore[arg-type]
 
@@ -401,8 +403,8 @@ def _locked_out_alice(instance: Path) -> tuple[AccountStore, str]:
     return store, token
 
 
-@pytest.mark.parametrize(("module", "name"), [("client.console", "site-console"), ("server.dashboard", "dashboard")])
-def test_set_password_command_reads_stdin(tmp_path: Path, module: str, name: str) -> None:
+@pytest.mark.parametrize("module", ["client.console", "server.dashboard"])
+def test_set_password_command_reads_stdin(tmp_path: Path, module: str) -> None:
     instance = tmp_path / "web"
     store, token = _locked_out_alice(instance)
 

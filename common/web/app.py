@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
+import ipaddress
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ class WebState:
     audit: AuditLog
     title: str
     nav: tuple[tuple[str, str], ...]
+    proxy_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
 
 def web_state(app: Flask | None = None) -> WebState:
@@ -76,8 +78,36 @@ def signed_in_user() -> User:
 
 
 def client_address() -> str:
-    """Return the client's address as the server saw it (proxy headers are not trusted)."""
-    return request.remote_addr or ""
+    """Return the client's address: the peer's, or the one a trusted proxy put in ``X-Forwarded-For``.
+
+    Only a peer listed in ``trusted_proxies`` is believed. Its header is read
+    from the right, skipping further trusted proxies, and the first other
+    address is the client, because entries left of it could come from the
+    client itself. A malformed entry ends the search at the last trusted hop.
+    """
+    peer = request.remote_addr or ""
+    networks = web_state().proxy_networks
+    if not networks or not _in_networks(peer, networks):
+        return peer
+    client = peer
+    forwarded = ",".join(request.headers.getlist("X-Forwarded-For"))
+    for entry in reversed([part.strip() for part in forwarded.split(",") if part.strip()]):
+        try:
+            ipaddress.ip_address(entry)
+        except ValueError:
+            return client
+        client = entry
+        if not _in_networks(entry, networks):
+            return entry
+    return client
+
+
+def _in_networks(address: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(parsed in network for network in networks)
 
 
 def administrator_required(view: View) -> View:
@@ -154,7 +184,8 @@ def create_web_app(
         hasher=settings.password_hasher(),
     )
     app.extensions[_EXTENSION] = WebState(
-        settings=settings, accounts=accounts, audit=AuditLog(database), title=title, nav=tuple(nav)
+        settings=settings, accounts=accounts, audit=AuditLog(database), title=title, nav=tuple(nav),
+        proxy_networks=settings.proxy_networks(),
     )
     app.extensions["fedids_database"] = database
     CSRFProtect(app)

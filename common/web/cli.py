@@ -106,6 +106,11 @@ def build_parser(
         "--secure-cookies", action="store_true",
         help="send the session cookie over HTTPS only; set it behind a TLS proxy",
     )
+    serve.add_argument(
+        "--trusted-proxy", action="append", default=[], metavar="ADDRESS",
+        help="address or CIDR network of a reverse proxy whose X-Forwarded-For header gives the client's "
+        "address for sign-in limits and the audit log; repeat for several (default: none, the header is ignored)",
+    )
     add_app_arguments(serve)
 
     for name, role_help in (
@@ -159,6 +164,7 @@ def settings_from_arguments(arguments: argparse.Namespace) -> WebSettings:
         login_max_failures_per_address=arguments.login_max_failures_per_address,
         login_window_minutes=arguments.login_window_minutes,
         secure_cookies=arguments.secure_cookies,
+        trusted_proxies=tuple(arguments.trusted_proxy),
     )
 
 

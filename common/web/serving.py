@@ -33,9 +33,10 @@ def create_wsgi_server(app: Flask, settings: WebSettings) -> Any:
 
     Returns
     -------
-    waitress.server.BaseWSGIServer
-        Call ``run()`` to serve and ``close()`` to stop; ``effective_port``
-        is the port the system chose when ``settings.port`` is 0.
+    waitress.server.BaseWSGIServer or waitress.server.MultiSocketServer
+        Call ``run()`` to serve and ``close()`` to stop. A single server's
+        ``effective_port`` is the port the system chose when ``settings.port``
+        is 0; a host name with several addresses gives a MultiSocketServer.
     """
     from waitress.server import create_server
 
