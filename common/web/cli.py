@@ -33,7 +33,7 @@ from common.web.settings import MEBIBYTE, WebSettings
 
 logger = logging.getLogger(__name__)
 
-#: Environment variable read by create-admin and create-user when --password-stdin is not given.
+#: Environment variable read by create-admin, create-user and set-password when --password-stdin is not given.
 PASSWORD_ENV = "FEDIDS_WEB_PASSWORD"
 
 
