@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
+import http.client
 import io
+import logging
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +26,7 @@ from client.console.app import create_console_app
 from client.console.detection import Detector
 from common.bundle import Bundle, load_bundle
 from common.web.app import web_state
+from common.web.serving import create_wsgi_server
 from common.web.settings import MEBIBYTE, WebSettings
 from tests.web_support import (
     ADMIN,
@@ -221,6 +226,135 @@ def test_logout_rejects_missing_csrf(admin: FlaskClient) -> None:
     assert admin.get("/upload").status_code == 200
 
 
+# Password change ----------------------------------------------------------------
+
+NEW_PASSWORD = "a brand new passphrase"
+
+
+def _change_password(client: FlaskClient, current: str, new: str, confirm: str | None = None):
+    return client.post(
+        "/account/password",
+        data={
+            "csrf_token": page_token(client, "/account/password"),
+            "current_password": current,
+            "new_password": new,
+            "confirm_password": new if confirm is None else confirm,
+        },
+    )
+
+
+def test_password_page_linked_from_header(analyst: FlaskClient) -> None:
+    html = analyst.get("/upload").get_data(as_text=True)
+    form = analyst.get("/account/password").get_data(as_text=True)
+
+    assert 'href="/account/password"' in html
+    assert 'name="current_password"' in form
+    assert 'name="csrf_token"' in form
+
+
+def test_password_change_signs_out_other_sessions(app: Flask, analyst: FlaskClient) -> None:
+    other_browser = app.test_client()
+    sign_in(other_browser, *ANALYST)
+
+    response = _change_password(analyst, ANALYST[1], NEW_PASSWORD)
+
+    assert response.status_code == 303
+    assert analyst.get("/upload").status_code == 200
+    assert other_browser.get("/upload").status_code == 303
+    assert web_state(app).accounts.sign_in(ANALYST[0], ANALYST[1], "127.0.0.1").user is None
+    sign_in(app.test_client(), ANALYST[0], NEW_PASSWORD)
+    events = web_state(app).audit.page(1).events
+    assert [event.username for event in events if event.action == "password-changed"] == [ANALYST[0]]
+
+
+@pytest.mark.parametrize(
+    ("current", "new", "confirm", "status", "message"),
+    [
+        ("wrong password", NEW_PASSWORD, None, 403, "The current password is wrong."),
+        (ANALYST[1], NEW_PASSWORD, "a different passphrase", 422, "The two new passwords differ"),
+        (ANALYST[1], "short", None, 422, "The password was not changed: password too short: use at least 12"),
+    ],
+    ids=["wrong-current", "confirmation-differs", "too-short"],
+)
+def test_password_change_rejected(
+    app: Flask, analyst: FlaskClient, current: str, new: str, confirm: str | None, status: int, message: str
+) -> None:
+    response = _change_password(analyst, current, new, confirm)
+
+    assert response.status_code == status
+    assert message in response.get_data(as_text=True)
+    assert analyst.get("/upload").status_code == 200
+    sign_in(app.test_client(), *ANALYST)
+    assert "password-changed" not in _audit_actions(app)
+
+
+def test_password_change_wrong_current_locks_out(app: Flask, analyst: FlaskClient) -> None:
+    statuses = [_change_password(analyst, "wrong password", NEW_PASSWORD).status_code for _ in range(4)]
+
+    assert statuses == [403, 403, 403, 429]
+    assert _audit_actions(app)[:2] == ["sign-in-locked", "password-change-failed"]
+    assert web_state(app).accounts.sign_in(ANALYST[0], ANALYST[1], "127.0.0.1").locked
+
+
+def test_password_change_rejects_missing_csrf(app: Flask, analyst: FlaskClient) -> None:
+    response = analyst.post(
+        "/account/password",
+        data={"current_password": ANALYST[1], "new_password": NEW_PASSWORD, "confirm_password": NEW_PASSWORD},
+    )
+
+    assert response.status_code == 400
+    sign_in(app.test_client(), *ANALYST)
+
+
+# Client address behind a proxy ----------------------------------------------------
+
+
+def _console_behind_proxy(tmp_path: Path, bundle: Bundle, trusted_proxies: tuple[str, ...]) -> Flask:
+    settings = WebSettings(
+        instance_dir=tmp_path / "proxied", login_max_failures_per_address=2, trusted_proxies=trusted_proxies,
+        password_time_cost=1, password_memory_kib=1024, password_parallelism=1,
+    )
+    console = create_console_app(settings, Detector(bundle, LastFlowPredictor()))
+    add_users(console)
+    return console
+
+
+def _sign_in_from(client: FlaskClient, username: str, password: str, forwarded_for: str) -> int:
+    token = csrf_token(client.get("/login").get_data(as_text=True))
+    response = client.post(
+        "/login", data={"username": username, "password": password, "csrf_token": token},
+        headers={"X-Forwarded-For": forwarded_for},
+    )
+    return response.status_code
+
+
+def test_forwarded_for_ignored_by_default(tmp_path: Path, bundle: Bundle) -> None:
+    console = _console_behind_proxy(tmp_path, bundle, ())
+
+    status = _sign_in_from(console.test_client(), "mallory", "wrong password", "203.0.113.5")
+
+    assert status == 401
+    assert web_state(console).audit.page(1).events[0].remote_addr == "127.0.0.1"
+
+
+def test_forwarded_for_from_trusted_proxy(tmp_path: Path, bundle: Bundle) -> None:
+    # The test client's peer address is 127.0.0.1, the proxy here.
+    console = _console_behind_proxy(tmp_path, bundle, ("127.0.0.1", "10.0.0.0/8"))
+    client = console.test_client()
+
+    # The client wrote the left entry itself; the right one is what a trusted hop saw.
+    statuses = [_sign_in_from(client, name, "wrong password", "198.51.100.1, 203.0.113.5, 10.0.0.2")
+                for name in ("carol", "dave")]
+    locked = _sign_in_from(client, *ANALYST, "203.0.113.5")
+    other_client = _sign_in_from(client, *ANALYST, "203.0.113.6")
+
+    assert statuses == [401, 401]
+    assert locked == 429
+    assert other_client == 303
+    addresses = [event.remote_addr for event in web_state(console).audit.page(1).events]
+    assert addresses == ["203.0.113.6", "203.0.113.5", "203.0.113.5", "203.0.113.5"]
+
+
 def test_pages_send_security_headers(admin: FlaskClient) -> None:
     response = admin.get("/upload")
 
@@ -342,6 +476,47 @@ def test_results_timeline_svg(admin: FlaskClient, tmp_path: Path) -> None:
     assert "alert: attack" in response.get_data(as_text=True)
 
 
+def test_downloads_with_relative_instance_folder(
+    tmp_path: Path, bundle: Bundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The command's default instance folder is relative, and Flask's send_file
+    # would look for a relative path under the package folder.
+    monkeypatch.chdir(tmp_path)
+    settings = WebSettings(
+        instance_dir=Path("runs/site-console"), password_time_cost=1, password_memory_kib=1024, password_parallelism=1
+    )
+    console = create_console_app(settings, Detector(bundle, LastFlowPredictor()))
+    add_users(console)
+    client = console.test_client()
+    sign_in(client, *ANALYST)
+
+    location = _upload(client, _traffic(tmp_path)).headers["Location"]
+    predictions = client.get(f"{location}/predictions.csv")
+    timeline = client.get(f"{location}/timeline.svg")
+
+    assert web_state(console).settings.instance_dir == tmp_path.resolve() / "runs" / "site-console"
+    assert predictions.status_code == 200
+    assert len(pd.read_csv(io.BytesIO(predictions.data))) == len(LABELS)
+    assert timeline.status_code == 200
+    assert "alert: attack" in timeline.get_data(as_text=True)
+    assert _audit_actions(console).count("download") == 1
+
+
+def test_failed_download_is_not_audited(
+    app: Flask, admin: FlaskClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    location = _upload(admin, _traffic(tmp_path)).headers["Location"]
+
+    def fail_to_open(*_args: object, **_kwargs: object) -> None:
+        raise FileNotFoundError("predictions.csv vanished")
+
+    monkeypatch.setattr("client.console.app.send_file", fail_to_open)
+    response = admin.get(f"{location}/predictions.csv")
+
+    assert response.status_code == 500
+    assert "download" not in _audit_actions(app)
+
+
 def test_results_without_attacks(admin: FlaskClient, tmp_path: Path) -> None:
     location = _upload(admin, _traffic(tmp_path, [0] * 20)).headers["Location"]
 
@@ -419,11 +594,60 @@ def test_upload_without_file(admin: FlaskClient) -> None:
     assert "Choose a traffic file" in response.get_data(as_text=True)
 
 
-def test_upload_oversize_file(admin: FlaskClient) -> None:
-    response = _upload(admin, b"a," * MEBIBYTE)
+def test_upload_oversize_file(app: Flask, admin: FlaskClient, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="common.web.app"):
+        response = _upload(admin, b"a," * MEBIBYTE)
 
+    html = response.get_data(as_text=True)
     assert response.status_code == 413
-    assert "larger than this console&#39;s limit of 1 MiB" in response.get_data(as_text=True)
+    assert "is larger than this console&#39;s limit of 1 MB (1,048,576 bytes)" in html
+    assert "Compress the CSV file with gzip" in html
+    assert "Request Entity Too Large" not in html
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "over the limit of 1048576 bytes" in warnings[0]
+    event = web_state(app).audit.page(1).events[0]
+    assert (event.action, event.username) == ("upload-too-large", ADMIN[0])
+
+
+@pytest.mark.parametrize(
+    ("declared_bytes", "send_body"),
+    [(3 * MEBIBYTE, False), (MEBIBYTE + MEBIBYTE // 2, True)],
+    ids=["over-waitress-limit", "between-limits"],
+)
+def test_served_oversize_upload_gets_app_page(
+    app: Flask, admin: FlaskClient, declared_bytes: int, send_body: bool
+) -> None:
+    # Waitress rejects a body over its own limit (the app's limit + 1 MiB) before the app sees it.
+    settings = dataclasses.replace(web_state(app).settings, port=0)
+    server = create_wsgi_server(app, settings)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    cookie = admin.get_cookie("fedids_console_session")
+    assert cookie is not None
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", server.effective_port, timeout=30)
+        connection.putrequest("POST", "/upload")
+        connection.putheader("Content-Type", "multipart/form-data; boundary=fedids")
+        connection.putheader("Content-Length", str(declared_bytes))
+        connection.putheader("Cookie", f"fedids_console_session={cookie.value}")
+        connection.endheaders()
+        if send_body:
+            connection.send(b"a" * declared_bytes)
+        response = connection.getresponse()
+        html = response.read().decode("utf-8")
+        connection.close()
+    finally:
+        server.close()
+        thread.join(timeout=30)
+
+    assert response.status == 413
+    assert response.getheader("Content-Type") == "text/html; charset=utf-8"
+    assert "limit of 1 MB (1,048,576 bytes)" in html
+    assert "exceeds max_body" not in html
+    event = web_state(app).audit.page(1).events[0]
+    assert (event.action, event.username) == ("upload-too-large", ADMIN[0])
+    assert event.detail == f"{declared_bytes} bytes to /upload, limit 1048576 bytes"
 
 
 HOSTILE_FILES = {
@@ -478,6 +702,24 @@ def test_upload_file_name_loses_folders(app: Flask, admin: FlaskClient, tmp_path
 
     events = web_state(app).audit.page(1).events
     assert {event.file_name for event in events if event.action == "analysis"} == {"traffic.csv"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["evil\u202ecsv.exe", "evil\u2066csv\u2069.exe", "evil\x00\x07\x9bcsv.exe", "evil\u200bcsv.exe"],
+    ids=["right-to-left-override", "isolates", "c0-controls", "zero-width-space"],
+)
+def test_upload_file_name_loses_control_characters(
+    app: Flask, admin: FlaskClient, tmp_path: Path, name: str
+) -> None:
+    location = _upload(admin, _traffic(tmp_path), name=name).headers["Location"]
+
+    download = admin.get(f"{location}/predictions.csv")
+
+    names = {event.file_name for event in web_state(app).audit.page(1).events if event.file_name}
+    assert names == {"evilcsv.exe"}
+    assert "Results for evilcsv.exe" in admin.get(location).get_data(as_text=True)
+    assert download.headers["Content-Disposition"] == "attachment; filename=predictions-evilcsv.csv"
 
 
 # Roles -------------------------------------------------------------------------

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,7 @@ from server.registry import Registry
 from tests.bundle_helpers import write_toy_dataset, write_toy_round
 from tests.web_support import ADMIN, ANALYST, add_users, page_token, sign_in, table_rows
 
+REPOSITORY = Path(__file__).resolve().parents[1]
 SITE_A, SITE_B, SITE_C = 111, 222, 333
 
 HISTORY = [
@@ -301,3 +306,27 @@ def test_dashboard_admin_audit_shows_sign_ins(admin: FlaskClient) -> None:
     rows = table_rows(admin.get("/admin/audit").get_data(as_text=True), "audit-table")
 
     assert [row[1:3] for row in rows] == [[ADMIN[0], "sign-in"]]
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_serve_logs_stop_on_signal(tmp_path: Path, stop_signal: signal.Signals) -> None:
+    environment = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server.dashboard", "serve", "--port", "0", "--instance-dir", str(tmp_path / "web"),
+         "--checkpoint-dir", str(tmp_path / "runs")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment, cwd=REPOSITORY,
+    )
+    try:
+        assert process.stdout is not None
+        first_line = process.stdout.readline()
+        process.send_signal(stop_signal)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    assert first_line.startswith("dashboard: serving on http://127.0.0.1:")
+    assert process.returncode == 0
+    assert "INFO common.web.cli: serve: stopping dashboard" in stderr
+    assert "Traceback" not in stderr

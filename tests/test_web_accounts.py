@@ -175,6 +175,113 @@ def test_end_session_revokes_token(store: AccountStore) -> None:
     assert store.user_for_token(token, now=START) is None
 
 
+def test_change_password_ends_other_sessions(store: AccountStore) -> None:
+    store.create_user("alice", "correct horse battery", "analyst")
+    store.create_user("bob", "staple tree orbit 42", "analyst")
+    kept_token = store.sign_in("alice", "correct horse battery", "10.0.0.1", now=START).token
+    other = store.sign_in("alice", "correct horse battery", "10.0.0.2", now=START).token
+    bobs = store.sign_in("bob", "staple tree orbit 42", "10.0.0.3", now=START).token
+
+    result = store.change_password("alice", "correct horse battery", "a brand new passphrase", keep_token=kept_token,
+                                   remote_addr="10.0.0.1", now=START)
+
+    assert result.user is not None
+    assert store.user_for_token(kept_token, now=START) is not None
+    assert store.user_for_token(other, now=START) is None
+    assert store.user_for_token(bobs, now=START) is not None
+    assert store.sign_in("alice", "correct horse battery", "10.0.0.1", now=START).user is None
+    assert store.sign_in("alice", "a brand new passphrase", "10.0.0.1", now=START).user is not None
+
+
+def test_change_password_wrong_current_counts_as_failure(store: AccountStore) -> None:
+    store.create_user("alice", "correct horse battery", "analyst")
+    token = store.sign_in("alice", "correct horse battery", "10.0.0.1", now=START).token
+
+    results = [
+        store.change_password("alice", "guess", "a brand new passphrase", keep_token=token, remote_addr="10.0.0.1",
+                              now=START + dt.timedelta(seconds=second))
+        for second in range(1, 5)
+    ]
+
+    assert [result.user for result in results] == [None, None, None, None]
+    assert [result.locked for result in results] == [False, False, False, True]
+    # Even the right current password is not checked during the lock-out.
+    locked = store.change_password("alice", "correct horse battery", "a brand new passphrase", keep_token=token,
+                                   remote_addr="10.0.0.1", now=START + dt.timedelta(seconds=5))
+    assert locked.locked
+    assert store.sign_in("alice", "correct horse battery", "10.0.0.2", now=START + dt.timedelta(seconds=6)).locked
+
+
+@pytest.mark.parametrize(
+    ("new_password", "message"),
+    [("short", "password too short: use at least 12"), ("Alice-Long-Name", "must differ from the user name")],
+    ids=["short", "equals-name-any-case"],
+)
+def test_change_password_applies_password_rules(store: AccountStore, new_password: str, message: str) -> None:
+    store.create_user("alice-long-name", "correct horse battery", "analyst")
+    token = store.sign_in("alice-long-name", "correct horse battery", "10.0.0.1", now=START).token
+
+    with pytest.raises(AccountError, match=message):
+        store.change_password("alice-long-name", "correct horse battery", new_password, keep_token=token,
+                              remote_addr="10.0.0.1", now=START)
+
+    assert store.sign_in("alice-long-name", "correct horse battery", "10.0.0.1", now=START).user is not None
+
+
+def test_set_password_ends_sessions_and_lock_out(store: AccountStore) -> None:
+    store.create_user("alice", "correct horse battery", "analyst")
+    token = store.sign_in("alice", "correct horse battery", "10.0.0.1", now=START).token
+    for second in range(1, 4):
+        store.sign_in("alice", "wrong", "10.0.0.1", now=START + dt.timedelta(seconds=second))
+    assert store.sign_in("alice", "correct horse battery", "10.0.0.1", now=START + dt.timedelta(seconds=4)).locked
+
+    ended = store.set_password("alice", "a brand new passphrase")
+
+    assert ended == 1
+    assert store.user_for_token(token, now=START) is None
+    assert store.sign_in("alice", "a brand new passphrase", "10.0.0.1", now=START + dt.timedelta(seconds=5)).user
+    with pytest.raises(AccountError, match="user 'nobody' does not exist"):
+        store.set_password("nobody", "a brand new passphrase")
+    with pytest.raises(AccountError, match="password too short"):
+        store.set_password("alice", "short")
+
+
+def _lock_out_alice_and_address(store: AccountStore) -> None:
+    """Lock the name alice (3 failures) and the address 10.0.0.9 (5 failures, the last two on other names)."""
+    for second in range(3):
+        store.sign_in("alice", "wrong", "10.0.0.9", now=START + dt.timedelta(seconds=second))
+    store.sign_in("carol", "wrong", "10.0.0.9", now=START + dt.timedelta(seconds=3))
+    store.sign_in("dave", "wrong", "10.0.0.9", now=START + dt.timedelta(seconds=4))
+
+
+def test_unlock_user_deletes_only_its_failures(store: AccountStore) -> None:
+    store.create_user("alice", "correct horse battery", "analyst")
+    _lock_out_alice_and_address(store)
+    later = START + dt.timedelta(seconds=10)
+
+    deleted = store.unlock(username="Alice")
+
+    assert deleted == 3
+    # The address is below its limit again, because alice's failures no longer count there either.
+    assert store.sign_in("alice", "correct horse battery", "10.0.0.9", now=later).user is not None
+    assert store.unlock(address="10.0.0.9") == 2
+
+
+def test_unlock_address_and_all(store: AccountStore) -> None:
+    store.create_user("alice", "correct horse battery", "analyst")
+    store.create_user("bob", "staple tree orbit 42", "analyst")
+    _lock_out_alice_and_address(store)
+    later = START + dt.timedelta(seconds=10)
+
+    assert store.sign_in("bob", "staple tree orbit 42", "10.0.0.9", now=later).locked
+    assert store.unlock(address="10.0.0.9") == 5
+    assert store.sign_in("bob", "staple tree orbit 42", "10.0.0.9", now=later).user is not None
+    _lock_out_alice_and_address(store)
+    assert store.sign_in("alice", "correct horse battery", "10.0.0.1", now=later).locked
+    assert store.unlock() == 5
+    assert store.sign_in("alice", "correct horse battery", "10.0.0.1", now=later).user is not None
+
+
 def test_audit_log_pages_newest_first(tmp_path: Path) -> None:
     audit = AuditLog(open_database(f"sqlite:///{tmp_path / 'web.db'}"))
     for index in range(5):
@@ -217,10 +324,11 @@ def test_secret_key_from_environment_too_short(tmp_path: Path, monkeypatch: pyte
         ({"port": 70000}, "port must be between 0 and 65535, got 70000"),
         ({"login_max_failures": 0}, "login_max_failures must be positive, got 0"),
         ({"max_upload_bytes": 10, "max_uncompressed_bytes": 5}, "max_uncompressed_bytes \\(5\\) must be at least"),
+        ({"trusted_proxies": ("10.0.0.1", "proxy.local")}, "invalid trusted proxy 'proxy.local': give an IP"),
     ],
-    ids=["port", "failures", "uncompressed"],
+    ids=["port", "failures", "uncompressed", "trusted-proxy"],
 )
-def test_settings_invalid_values(tmp_path: Path, options: dict[str, int], message: str) -> None:
+def test_settings_invalid_values(tmp_path: Path, options: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         WebSettings(instance_dir=tmp_path, **options)  # type: ignore[arg-type]
 
@@ -231,13 +339,13 @@ def test_open_database_invalid_url() -> None:
 
 
 def _run_console(
-    *arguments: str, stdin: str = "", env: dict[str, str] | None = None
+    *arguments: str, stdin: str = "", env: dict[str, str] | None = None, module: str = "client.console"
 ) -> subprocess.CompletedProcess[str]:
     environment = {key: value for key, value in os.environ.items() if key != "FEDIDS_WEB_PASSWORD"}
     environment["PYTHONPATH"] = str(REPOSITORY)
     environment.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "client.console", *arguments],
+        [sys.executable, "-m", module, *arguments],
         input=stdin, capture_output=True, text=True, env=environment, cwd=REPOSITORY, timeout=120, check=False,
     )
 
@@ -278,3 +386,82 @@ def test_create_admin_command_without_password_source(tmp_path: Path) -> None:
 
     assert result.returncode == 2
     assert "no password given: pass --password-stdin or set FEDIDS_WEB_PASSWORD" in result.stderr
+
+
+def _locked_out_alice(instance: Path) -> tuple[AccountStore, str]:
+    """Create alice in the database of ``instance``, open one session, then lock the name out."""
+    instance.mkdir(parents=True, exist_ok=True)
+    store = AccountStore(
+        open_database(f"sqlite:///{instance / 'web.db'}"), session_lifetime=dt.timedelta(hours=1),
+        max_failures=5, max_failures_per_address=20, window=WINDOW, hasher=FAST_HASHER,
+    )
+    store.create_user("alice", "correct horse battery", "analyst")
+    token = store.sign_in("alice", "correct horse battery", "127.0.0.1").token
+    for _ in range(5):
+        store.sign_in("alice", "wrong", "127.0.0.1")
+    assert store.sign_in("alice", "correct horse battery", "127.0.0.1").locked
+    return store, token
+
+
+@pytest.mark.parametrize("module", ["client.console", "server.dashboard"])
+def test_set_password_command_reads_stdin(tmp_path: Path, module: str) -> None:
+    instance = tmp_path / "web"
+    store, token = _locked_out_alice(instance)
+
+    result = _run_console("set-password", "--user", "alice", "--instance-dir", str(instance), "--password-stdin",
+                          stdin="a brand new passphrase\n", module=module)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        "set a new password for 'alice'; ended 1 session(s) and cleared the sign-in lock-out"
+    )
+    assert store.user_for_token(token) is None
+    assert store.sign_in("alice", "a brand new passphrase", "127.0.0.1").user is not None
+    events = AuditLog(open_database(f"sqlite:///{instance / 'web.db'}")).page(1).events
+    assert [(event.action, event.username) for event in events] == [("password-set", "alice")]
+
+
+def test_set_password_command_rejects_bad_input(tmp_path: Path) -> None:
+    instance = tmp_path / "web"
+    store, _ = _locked_out_alice(instance)
+
+    unknown = _run_console("set-password", "--user", "nobody", "--instance-dir", str(instance), "--password-stdin",
+                           stdin="a brand new passphrase\n")
+    short = _run_console("set-password", "--user", "alice", "--instance-dir", str(instance), "--password-stdin",
+                         stdin="short\n")
+
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip() == "site-console: error: user 'nobody' does not exist"
+    assert short.returncode == 2
+    assert short.stderr.strip() == "site-console: error: password too short: use at least 12 characters, got 5"
+    assert store.sign_in("alice", "correct horse battery", "127.0.0.1").locked
+
+
+def test_unlock_command_for_user_and_all(tmp_path: Path) -> None:
+    instance = tmp_path / "web"
+    store, _ = _locked_out_alice(instance)
+
+    by_user = _run_console("unlock", "--user", "alice", "--instance-dir", str(instance), module="server.dashboard")
+    signed_in = store.sign_in("alice", "correct horse battery", "127.0.0.1").user
+    for _ in range(5):
+        store.sign_in("alice", "wrong", "127.0.0.1")
+    everyone = _run_console("unlock", "--all", "--instance-dir", str(instance), module="server.dashboard")
+
+    assert by_user.returncode == 0, by_user.stderr
+    assert by_user.stdout.strip() == "unlocked sign-in for user 'alice': deleted 5 failed sign-in(s)"
+    assert signed_in is not None
+    assert everyone.returncode == 0, everyone.stderr
+    assert everyone.stdout.strip() == "unlocked sign-in for all users and addresses: deleted 5 failed sign-in(s)"
+    assert store.sign_in("alice", "correct horse battery", "127.0.0.1").user is not None
+    events = AuditLog(open_database(f"sqlite:///{instance / 'web.db'}")).page(1).events
+    assert [event.action for event in events] == ["sign-in-unlocked", "sign-in-unlocked"]
+
+
+def test_unlock_command_rejects_bad_input(tmp_path: Path) -> None:
+    no_target = _run_console("unlock", "--instance-dir", str(tmp_path))
+    unknown = _run_console("unlock", "--user", "nobody", "--instance-dir", str(tmp_path))
+
+    assert no_target.returncode == 2
+    assert "one of the arguments --user --address --all is required" in no_target.stderr
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip() == "site-console: error: user 'nobody' does not exist"

@@ -20,7 +20,7 @@ from client.console.analyses import (
 )
 from client.console.detection import Detector
 from client.console.timeline import render_timeline
-from client.console.uploads import SavedUpload, UploadError, check_decompressed_size, save_upload
+from client.console.uploads import SavedUpload, UploadError, check_decompressed_size, display_name, save_upload
 from client.detect import DetectionResult
 from common.exceptions import FedIDSError
 from common.web.app import client_address, create_web_app, signed_in_user, web_state
@@ -60,7 +60,9 @@ def create_console_app(settings: WebSettings, detector: Detector) -> Flask:
         nav=(("Analyse traffic", "console.upload"), ("History", "console.history")),
         home_endpoint="console.upload",
     )
-    store = AnalysisStore(app.extensions["fedids_database"], settings.instance_dir / "analyses")
+    # The app's settings, whose instance folder is absolute, so send_file finds the stored files.
+    instance_dir = web_state(app).settings.instance_dir
+    store = AnalysisStore(app.extensions["fedids_database"], instance_dir / "analyses")
     app.extensions[_EXTENSION] = (store, detector)
     app.register_blueprint(_blueprint())
     app.context_processor(lambda: {"model": detector.info})
@@ -228,14 +230,17 @@ def _blueprint() -> Blueprint:
         if analysis.status != STATUS_OK or not path.is_file():
             abort(404, "This analysis has no predictions to download.")
         user = signed_in_user()
+        # Names stored before control characters were stripped on upload are cleaned here too.
+        stem = display_name(analysis.file_name).split(".")[0] or "traffic"
+        response = send_file(
+            path, mimetype="text/csv", as_attachment=True, download_name=f"predictions-{stem}.csv", max_age=0
+        )
+        # Recorded after send_file has opened the file, so a failed download leaves no event.
         web_state().audit.record(
             "download", username=user.username, remote_addr=client_address(), file_name=analysis.file_name,
             file_sha256=analysis.file_sha256, model_version=analysis.model_version, detail="predictions CSV",
         )
-        stem = analysis.file_name.split(".")[0] or "traffic"
-        return send_file(
-            path, mimetype="text/csv", as_attachment=True, download_name=f"predictions-{stem}.csv", max_age=0
-        )
+        return response
 
     return blueprint
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import unicodedata
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -50,8 +51,15 @@ class SavedUpload:
 
 
 def display_name(file_name: str | None) -> str:
-    """Return the last component of a browser-sent file name, at most 255 characters."""
-    name = PureWindowsPath(PurePosixPath(file_name or "").name).name.strip()
+    """Return the last component of a browser-sent file name, without control characters, at most 255 characters.
+
+    Every character of Unicode category C is dropped: C0 and C1 controls,
+    bidirectional overrides and isolates such as U+202E (format, Cf), which
+    would make a name like ``evil\u202ecsv.exe`` display as ``evilexe.vsc``,
+    and surrogate, private-use and unassigned code points.
+    """
+    visible = "".join(character for character in file_name or "" if unicodedata.category(character)[0] != "C")
+    name = PureWindowsPath(PurePosixPath(visible).name).name.strip()
     return name[:255] or "upload.csv"
 
 

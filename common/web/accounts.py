@@ -169,6 +169,134 @@ class AccountStore:
                 db.query(LoginSession).filter(LoginSession.user_id == user.id).delete()
         return user
 
+    def change_password(
+        self,
+        username: str,
+        current_password: str,
+        new_password: str,
+        *,
+        keep_token: str,
+        remote_addr: str,
+        now: dt.datetime | None = None,
+    ) -> SignInResult:
+        """Replace a user's password after checking the current one, and end the user's other sessions.
+
+        A wrong current password counts as a failed sign-in, and the check is
+        skipped during a lock-out, so a stolen session cannot be used to guess
+        the password any faster than the sign-in form allows.
+
+        Parameters
+        ----------
+        username : str
+            The signed-in user.
+        current_password, new_password : str
+            What the user typed.
+        keep_token : str
+            Session token of the browser that made the change; it stays valid.
+        remote_addr : str
+            Client address, for the rate limits.
+        now : datetime or None
+            Current UTC time without time zone; ``None`` reads the clock.
+
+        Returns
+        -------
+        SignInResult
+            The user on success; no user on a wrong current password; the
+            seconds left when locked out.
+
+        Raises
+        ------
+        AccountError
+            If the new password breaks the rules of :func:`check_password_rules`.
+        """
+        now = now or utc_now()
+        name = normalize_username(username)
+        address = remote_addr[:64]
+        with self._sessions.begin() as db:
+            locked_seconds = self._locked_seconds(db, name, address, now)
+            if locked_seconds > 0:
+                logger.warning("password: change for %r from %s rejected, locked for %.0f s", name, address,
+                               locked_seconds)
+                return SignInResult(user=None, locked_seconds=locked_seconds)
+            user = db.scalar(select(User).where(User.username == name))
+            if user is None or not self._verify(user.password_hash, current_password):
+                db.add(LoginAttempt(username=name, remote_addr=address, at=now, succeeded=False))
+                logger.warning("password: change for %r from %s rejected, wrong current password", name, address)
+                return SignInResult(user=None)
+            check_password_rules(name, new_password)
+            user.password_hash = self._hasher.hash(new_password)
+            ended = (
+                db.query(LoginSession)
+                .filter(LoginSession.user_id == user.id, LoginSession.token_sha256 != _token_digest(keep_token))
+                .delete()
+            )
+        logger.info("password: %r changed their password from %s, ended %d other session(s)", name, address, ended)
+        return SignInResult(user=user, token=keep_token)
+
+    def set_password(self, username: str, new_password: str) -> int:
+        """Replace a user's password without the current one, end all their sessions and clear their lock-out.
+
+        For administrators at the machine, who are trusted; see :meth:`unlock`
+        for what clearing the lock-out removes.
+
+        Returns
+        -------
+        int
+            Number of login sessions ended.
+
+        Raises
+        ------
+        AccountError
+            If the user does not exist or the password breaks the rules.
+        """
+        name = normalize_username(username)
+        with self._sessions.begin() as db:
+            user = db.scalar(select(User).where(User.username == name))
+            if user is None:
+                raise AccountError(f"user {name!r} does not exist")
+            check_password_rules(name, new_password)
+            user.password_hash = self._hasher.hash(new_password)
+            ended = db.query(LoginSession).filter(LoginSession.user_id == user.id).delete()
+            db.query(LoginAttempt).filter(LoginAttempt.username == name, LoginAttempt.succeeded.is_(False)).delete()
+        logger.info("password: set a new password for %r, ended %d session(s)", name, ended)
+        return int(ended)
+
+    def unlock(self, *, username: str | None = None, address: str | None = None) -> int:
+        """Delete failed sign-in attempts so that the lock-outs they caused end now.
+
+        Parameters
+        ----------
+        username : str or None
+            Delete the failures recorded for this user name. They also stop
+            counting towards the limit of the addresses they came from.
+        address : str or None
+            Delete the failures recorded from this client address, whatever
+            user names they tried.
+
+        Without either argument every failure is deleted, which ends all
+        lock-outs. Successful attempts stay, so the per-user count still
+        restarts from the last successful sign-in.
+
+        Returns
+        -------
+        int
+            Number of failed attempts deleted.
+        """
+        with self._sessions.begin() as db:
+            query = db.query(LoginAttempt).filter(LoginAttempt.succeeded.is_(False))
+            if username is not None:
+                query = query.filter(LoginAttempt.username == normalize_username(username)[:64])
+            if address is not None:
+                query = query.filter(LoginAttempt.remote_addr == address[:64])
+            deleted = query.delete()
+        logger.info("unlock: deleted %d failed sign-in attempt(s) for user %r, address %r", deleted,
+                    username or "(any)", address or "(any)")
+        return int(deleted)
+
+    def user_exists(self, username: str) -> bool:
+        with self._sessions() as db:
+            return db.scalar(select(User.id).where(User.username == normalize_username(username))) is not None
+
     # Sign-in ---------------------------------------------------------------
 
     def sign_in(self, username: str, password: str, remote_addr: str, now: dt.datetime | None = None) -> SignInResult:

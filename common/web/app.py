@@ -7,8 +7,10 @@ own blueprints and inherit that rule.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
+import ipaddress
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -53,6 +55,7 @@ class WebState:
     audit: AuditLog
     title: str
     nav: tuple[tuple[str, str], ...]
+    proxy_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
 
 def web_state(app: Flask | None = None) -> WebState:
@@ -75,8 +78,36 @@ def signed_in_user() -> User:
 
 
 def client_address() -> str:
-    """Return the client's address as the server saw it (proxy headers are not trusted)."""
-    return request.remote_addr or ""
+    """Return the client's address: the peer's, or the one a trusted proxy put in ``X-Forwarded-For``.
+
+    Only a peer listed in ``trusted_proxies`` is believed. Its header is read
+    from the right, skipping further trusted proxies, and the first other
+    address is the client, because entries left of it could come from the
+    client itself. A malformed entry ends the search at the last trusted hop.
+    """
+    peer = request.remote_addr or ""
+    networks = web_state().proxy_networks
+    if not networks or not _in_networks(peer, networks):
+        return peer
+    client = peer
+    forwarded = ",".join(request.headers.getlist("X-Forwarded-For"))
+    for entry in reversed([part.strip() for part in forwarded.split(",") if part.strip()]):
+        try:
+            ipaddress.ip_address(entry)
+        except ValueError:
+            return client
+        client = entry
+        if not _in_networks(entry, networks):
+            return entry
+    return client
+
+
+def _in_networks(address: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(parsed in network for network in networks)
 
 
 def administrator_required(view: View) -> View:
@@ -108,7 +139,10 @@ def create_web_app(
     import_name : str
         Package of the app, whose ``templates/`` folder is searched first.
     settings : WebSettings
-        Validated settings; the instance folder is created if needed.
+        Validated settings; the instance folder is created if needed. A
+        relative instance folder is resolved against the current working
+        directory here, because Flask's ``send_file`` would resolve it
+        against the app's package folder instead.
     title : str
         Name shown in the page header.
     cookie_name : str
@@ -122,8 +156,10 @@ def create_web_app(
     Returns
     -------
     Flask
-        The app, with :class:`WebState` under ``app.extensions``.
+        The app, with :class:`WebState` under ``app.extensions``; its
+        settings have an absolute ``instance_dir``.
     """
+    settings = dataclasses.replace(settings, instance_dir=settings.instance_dir.resolve())
     settings.instance_dir.mkdir(parents=True, exist_ok=True)
     app = Flask(import_name)
     app.config.update(
@@ -148,7 +184,8 @@ def create_web_app(
         hasher=settings.password_hasher(),
     )
     app.extensions[_EXTENSION] = WebState(
-        settings=settings, accounts=accounts, audit=AuditLog(database), title=title, nav=tuple(nav)
+        settings=settings, accounts=accounts, audit=AuditLog(database), title=title, nav=tuple(nav),
+        proxy_networks=settings.proxy_networks(),
     )
     app.extensions["fedids_database"] = database
     CSRFProtect(app)
@@ -252,6 +289,40 @@ def _blueprint() -> Blueprint:
             state.audit.record("sign-out", username=user.username, remote_addr=client_address())
         return redirect(url_for("web.login"), code=303)
 
+    @blueprint.route("/account/password", methods=["GET", "POST"])
+    def change_password() -> ResponseReturnValue:
+        state = web_state()
+        user = signed_in_user()
+        if request.method == "GET":
+            return render_template("password.html", error="")
+
+        new_password = request.form.get("new_password", "")
+        if new_password != request.form.get("confirm_password", ""):
+            return render_template("password.html", error="The two new passwords differ; type them again."), 422
+        try:
+            result = state.accounts.change_password(
+                user.username, request.form.get("current_password", ""), new_password,
+                keep_token=session.get(_SESSION_TOKEN, ""), remote_addr=client_address(),
+            )
+        except AccountError as error:
+            return render_template("password.html", error=f"The password was not changed: {error}."), 422
+        if result.locked:
+            minutes = max(1, -(-int(result.locked_seconds) // 60))
+            state.audit.record("sign-in-locked", username=user.username, remote_addr=client_address(),
+                               detail="password change")
+            error_text = (
+                f"Too many failed attempts. Password changes are locked for {minutes} more "
+                f"minute{'s' if minutes != 1 else ''}; try again later or ask an administrator."
+            )
+            return render_template("password.html", error=error_text), 429
+        if result.user is None:
+            state.audit.record("password-change-failed", username=user.username, remote_addr=client_address())
+            return render_template("password.html", error="The current password is wrong."), 403
+
+        state.audit.record("password-changed", username=user.username, remote_addr=client_address())
+        flash("Password changed. Your sessions in other browsers have been signed out.", "info")
+        return redirect(url_for(current_app.config["HOME_ENDPOINT"]), code=303)
+
     @blueprint.route("/admin/audit")
     @administrator_required
     def audit() -> ResponseReturnValue:
@@ -321,10 +392,27 @@ def _register_error_pages(app: Flask) -> None:
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_error: RequestEntityTooLarge) -> ResponseReturnValue:
-        limit = web_state().settings.max_upload_bytes / MEBIBYTE
+        state = web_state()
+        if "user" not in g:
+            # The CSRF check reads the form first, so the request can fail here before _load_user ran.
+            g.user = state.accounts.user_for_token(session.get(_SESSION_TOKEN, ""))
+        user = current_user()
+        username = user.username if user is not None else ""
+        limit_bytes = state.settings.max_upload_bytes
+        size_bytes = request.content_length or 0
+        logger.warning(
+            "upload: rejected a %d-byte request body to %s from %s (user %r), over the limit of %d bytes",
+            size_bytes, request.path, client_address(), username, limit_bytes,
+        )
+        state.audit.record(
+            "upload-too-large", username=username, remote_addr=client_address(),
+            detail=f"{size_bytes} bytes to {request.path}, limit {limit_bytes} bytes",
+        )
+        # The limit is shown in the unit of --max-upload-mb, which counts MB of 1,048,576 bytes.
         message = (
-            f"The upload is larger than this console's limit of {limit:g} MiB. "
-            "Split the capture into smaller files, or gzip it, and upload again."
+            f"The upload ({size_bytes / MEBIBYTE:.1f} MB) is larger than this console's limit of "
+            f"{limit_bytes / MEBIBYTE:g} MB ({limit_bytes:,} bytes). Compress the CSV file with gzip "
+            "(the console reads .csv.gz files) or split it into smaller files, and upload again."
         )
         return render_template("error.html", code=413, title="File too large", message=message), 413
 

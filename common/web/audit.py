@@ -26,6 +26,11 @@ ACTIONS = (
     "user-created",
     "user-disabled",
     "user-enabled",
+    "password-changed",
+    "password-change-failed",
+    "password-set",
+    "sign-in-unlocked",
+    "upload-too-large",
 )
 
 

@@ -1,10 +1,11 @@
 """Command line shared by the site console and the coordinator dashboard.
 
 Subcommands: ``serve`` runs the web app with waitress, ``create-admin`` adds
-the first administrator (or another one), ``create-user`` adds any user. The
-password comes from ``--password-stdin``, the environment variable
-:data:`PASSWORD_ENV` or an interactive prompt, never from the command line,
-where other users of the machine could read it.
+the first administrator (or another one), ``create-user`` adds any user,
+``set-password`` replaces a user's password and ``unlock`` ends sign-in
+lock-outs. A password comes from ``--password-stdin``, the environment
+variable :data:`PASSWORD_ENV` or an interactive prompt without echo, never
+from the command line, where other users of the machine could read it.
 """
 
 from __future__ import annotations
@@ -24,16 +25,16 @@ from types import FrameType
 from flask import Flask
 
 from common.exceptions import FedIDSError
-from common.web.accounts import AccountStore
+from common.web.accounts import AccountError, AccountStore, normalize_username
+from common.web.audit import AuditLog
 from common.web.database import ROLE_ADMINISTRATOR, ROLE_ANALYST, ROLES, open_database
+from common.web.serving import create_wsgi_server
 from common.web.settings import MEBIBYTE, WebSettings
 
 logger = logging.getLogger(__name__)
 
-#: Environment variable read by create-admin and create-user when --password-stdin is not given.
+#: Environment variable read by create-admin, create-user and set-password when --password-stdin is not given.
 PASSWORD_ENV = "FEDIDS_WEB_PASSWORD"
-
-WAITRESS_THREADS = 4
 
 
 def build_parser(
@@ -45,7 +46,7 @@ def build_parser(
     default_port: int,
     add_app_arguments: Callable[[argparse.ArgumentParser], None],
 ) -> argparse.ArgumentParser:
-    """Return the parser with the subcommands serve, create-admin and create-user.
+    """Return the parser with the subcommands serve, create-admin, create-user, set-password and unlock.
 
     Parameters
     ----------
@@ -105,6 +106,11 @@ def build_parser(
         "--secure-cookies", action="store_true",
         help="send the session cookie over HTTPS only; set it behind a TLS proxy",
     )
+    serve.add_argument(
+        "--trusted-proxy", action="append", default=[], metavar="ADDRESS",
+        help="address or CIDR network of a reverse proxy whose X-Forwarded-For header gives the client's "
+        "address for sign-in limits and the audit log; repeat for several (default: none, the header is ignored)",
+    )
     add_app_arguments(serve)
 
     for name, role_help in (
@@ -115,11 +121,31 @@ def build_parser(
         command.add_argument("--username", required=True, help="user name: lower-case letters, digits, '.', '_', '-'")
         if name == "create-user":
             command.add_argument("--role", choices=ROLES, default=ROLE_ANALYST, help="role (default: analyst)")
-        command.add_argument(
-            "--password-stdin", action="store_true",
-            help=f"read the password from the first line of standard input instead of ${PASSWORD_ENV} or a prompt",
-        )
+        _add_password_source(command)
+
+    set_password = commands.add_parser(
+        "set-password", parents=[common],
+        help="replace a user's password, sign the user out everywhere and clear the user's sign-in lock-out",
+    )
+    set_password.add_argument("--user", required=True, help="user name of the account")
+    _add_password_source(set_password)
+
+    unlock = commands.add_parser(
+        "unlock", parents=[common],
+        help="end sign-in lock-outs by deleting recorded failed sign-ins",
+    )
+    target = unlock.add_mutually_exclusive_group(required=True)
+    target.add_argument("--user", help="delete the failed sign-ins of this user name")
+    target.add_argument("--address", help="delete the failed sign-ins from this client address")
+    target.add_argument("--all", action="store_true", help="delete every failed sign-in: ends all lock-outs")
     return parser
+
+
+def _add_password_source(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--password-stdin", action="store_true",
+        help=f"read the password from the first line of standard input instead of ${PASSWORD_ENV} or a prompt",
+    )
 
 
 def settings_from_arguments(arguments: argparse.Namespace) -> WebSettings:
@@ -138,6 +164,7 @@ def settings_from_arguments(arguments: argparse.Namespace) -> WebSettings:
         login_max_failures_per_address=arguments.login_max_failures_per_address,
         login_window_minutes=arguments.login_window_minutes,
         secure_cookies=arguments.secure_cookies,
+        trusted_proxies=tuple(arguments.trusted_proxy),
     )
 
 
@@ -163,19 +190,64 @@ def read_password(from_stdin: bool) -> str:
     return first
 
 
-def create_account(settings: WebSettings, username: str, role: str, password: str) -> str:
-    """Add a user to the database of ``settings`` and return a one-line confirmation."""
+def _open_accounts(settings: WebSettings) -> tuple[AccountStore, AuditLog]:
     settings.instance_dir.mkdir(parents=True, exist_ok=True)
+    database = open_database(settings.resolved_database_url)
     store = AccountStore(
-        open_database(settings.resolved_database_url),
+        database,
         session_lifetime=dt.timedelta(hours=settings.session_hours),
         max_failures=settings.login_max_failures,
         max_failures_per_address=settings.login_max_failures_per_address,
         window=dt.timedelta(minutes=settings.login_window_minutes),
         hasher=settings.password_hasher(),
     )
+    return store, AuditLog(database)
+
+
+def create_account(settings: WebSettings, username: str, role: str, password: str) -> str:
+    """Add a user to the database of ``settings`` and return a one-line confirmation."""
+    store, _ = _open_accounts(settings)
     user = store.create_user(username, password, role)
     return f"created {user.role} {user.username!r} in {settings.resolved_database_url}"
+
+
+def set_account_password(settings: WebSettings, username: str, password: str) -> str:
+    """Replace a user's password, end their sessions and lock-out, audit it and return a one-line confirmation.
+
+    Raises
+    ------
+    AccountError
+        If the user does not exist or the password breaks the rules.
+    """
+    store, audit = _open_accounts(settings)
+    ended = store.set_password(username, password)
+    name = normalize_username(username)
+    audit.record("password-set", username=name, detail=f"set-password command; ended {ended} session(s)")
+    return f"set a new password for {name!r}; ended {ended} session(s) and cleared the sign-in lock-out"
+
+
+def unlock_sign_in(settings: WebSettings, username: str | None, address: str | None) -> str:
+    """Delete recorded failed sign-ins (all of them when both filters are ``None``) and return a confirmation.
+
+    Raises
+    ------
+    AccountError
+        If ``username`` is given but no such user exists, which is most
+        likely a typing error.
+    """
+    store, audit = _open_accounts(settings)
+    if username is not None and not store.user_exists(username):
+        raise AccountError(f"user {normalize_username(username)!r} does not exist")
+    deleted = store.unlock(username=username, address=address)
+    if username is not None:
+        scope = f"user {normalize_username(username)!r}"
+    elif address is not None:
+        scope = f"address {address}"
+    else:
+        scope = "all users and addresses"
+    audit.record("sign-in-unlocked", username=normalize_username(username or ""), remote_addr=address or "",
+                 detail=f"unlock command for {scope}; deleted {deleted} failed sign-in(s)")
+    return f"unlocked sign-in for {scope}: deleted {deleted} failed sign-in(s)"
 
 
 def serve(app: Flask, settings: WebSettings, name: str) -> None:
@@ -184,24 +256,13 @@ def serve(app: Flask, settings: WebSettings, name: str) -> None:
     Prints ``<name>: serving on http://HOST:PORT`` once the socket listens,
     with the port the system chose when ``settings.port`` is 0.
     """
-    from waitress.server import create_server
-
     if not _is_loopback(settings.host):
         logger.warning(
             "serve: listening on %s, which other machines can reach; put a TLS proxy in front and pass "
             "--secure-cookies",
             settings.host,
         )
-    server = create_server(
-        app,
-        host=settings.host,
-        port=settings.port,
-        threads=WAITRESS_THREADS,
-        # Waitress buffers the whole body before the app receives it. A little
-        # more than the app's limit lets the app respond 413 with its own page.
-        max_request_body_size=settings.max_upload_bytes + MEBIBYTE,
-        ident="fedids",
-    )
+    server = create_wsgi_server(app, settings)
     port = getattr(server, "effective_port", settings.port)
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
@@ -209,14 +270,20 @@ def serve(app: Flask, settings: WebSettings, name: str) -> None:
         server.close()
         raise SystemExit(0)
 
+    # Waitress's run() catches KeyboardInterrupt and SystemExit and returns
+    # without a word, so both signals get this handler, which logs first.
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     print(f"{name}: serving on http://{settings.host}:{port}", flush=True)
     try:
         server.run()
-    except KeyboardInterrupt:
-        logger.info("serve: stopping %s", name)
     finally:
         server.close()
+
+
+def _user_exists(settings: WebSettings, username: str) -> bool:
+    store, _ = _open_accounts(settings)
+    return store.user_exists(username)
 
 
 def _is_loopback(host: str) -> bool:
@@ -258,6 +325,15 @@ def main(
         if arguments.command == "serve":
             app = build_app(settings, arguments)
             serve(app, settings, name)
+            return 0
+        if arguments.command == "unlock":
+            print(unlock_sign_in(settings, arguments.user, arguments.address))
+            return 0
+        if arguments.command == "set-password":
+            if not _user_exists(settings, arguments.user):
+                # Checked before the prompt, so a mistyped name does not cost two password entries.
+                raise AccountError(f"user {normalize_username(arguments.user)!r} does not exist")
+            print(set_account_password(settings, arguments.user, read_password(arguments.password_stdin)))
             return 0
         role = ROLE_ADMINISTRATOR if arguments.command == "create-admin" else arguments.role
         password = read_password(arguments.password_stdin)

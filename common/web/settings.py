@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import secrets
@@ -57,6 +58,10 @@ class WebSettings:
     secure_cookies : bool
         Send the session cookie only over HTTPS; set it when the console is
         served behind a TLS proxy.
+    trusted_proxies : tuple of str
+        Addresses or networks (CIDR) of reverse proxies whose
+        ``X-Forwarded-For`` header gives the client's address. Empty, the
+        default, ignores the header, because any client can set it.
     password_time_cost, password_memory_kib, password_parallelism : int
         Argon2id cost of new password hashes; the defaults are argon2-cffi's
         (RFC 9106 low-memory profile). Hashes keep the cost they were made
@@ -74,6 +79,7 @@ class WebSettings:
     login_max_failures_per_address: int = 20
     login_window_minutes: float = 15.0
     secure_cookies: bool = False
+    trusted_proxies: tuple[str, ...] = ()
     password_time_cost: int = 3
     password_memory_kib: int = 65536
     password_parallelism: int = 4
@@ -96,11 +102,23 @@ class WebSettings:
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{name} must be positive, got {value}")
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError as error:
+                raise ConfigError(
+                    f"invalid trusted proxy {proxy!r}: give an IP address or a network such as 10.0.0.0/24"
+                ) from error
+        object.__setattr__(self, "trusted_proxies", tuple(self.trusted_proxies))
         if self.max_uncompressed_bytes < self.max_upload_bytes:
             raise ConfigError(
                 f"max_uncompressed_bytes ({self.max_uncompressed_bytes}) must be at least "
                 f"max_upload_bytes ({self.max_upload_bytes})"
             )
+
+    def proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """Return :attr:`trusted_proxies` as networks; a single address is a network of one."""
+        return tuple(ipaddress.ip_network(proxy, strict=False) for proxy in self.trusted_proxies)
 
     def password_hasher(self) -> PasswordHasher:
         """Return an Argon2id hasher with the configured cost."""

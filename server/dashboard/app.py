@@ -46,7 +46,10 @@ def create_dashboard_app(settings: WebSettings, checkpoint_dir: Path, registry_d
         nav=(("Runs", "dashboard.runs"), ("Published models", "dashboard.models")),
         home_endpoint="dashboard.runs",
     )
-    app.extensions[_EXTENSION] = (Path(checkpoint_dir), None if registry_dir is None else Path(registry_dir))
+    # Absolute, like the instance folder, so a later change of working directory cannot move them.
+    app.extensions[_EXTENSION] = (
+        Path(checkpoint_dir).resolve(), None if registry_dir is None else Path(registry_dir).resolve()
+    )
     app.register_blueprint(_blueprint())
     return app
 
