@@ -36,6 +36,10 @@ NORMALIZATIONS = ("none", "layer", "batch")
 #: Quantities early stopping can watch on the validation data.
 MONITORS = ("val_loss", "val_macro_f1")
 
+#: Widest bit mask ``features.bitmask`` accepts. Integers up to 2**53 are
+#: exact in float64, the type numeric columns are read as.
+MAX_BITMASK_BITS = 32
+
 
 @dataclass(frozen=True)
 class TaskConfig:
@@ -180,6 +184,11 @@ class DatasetConfig:
         Drop rows that repeat an earlier row in every column.
     top_k_features : int or None
         Keep only the k highest-ranked input columns; ``None`` keeps all.
+    bitmask_features : mapping of str to int
+        Numeric feature that holds a bit mask (for example TCP flags) to its
+        number of bits. Each such column also gives one 0/1 input per bit,
+        next to its scaled value, because min-max scaling of the integer
+        puts flag combinations that share no bit side by side.
     """
 
     name: str
@@ -195,6 +204,7 @@ class DatasetConfig:
     log_transform: bool = False
     drop_duplicates: bool = True
     top_k_features: int | None = None
+    bitmask_features: Mapping[str, int] = field(default_factory=dict)
     split: SplitConfig = field(default_factory=SplitConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -396,6 +406,7 @@ def _parse_config(raw: Mapping[str, Any], path: Path) -> DatasetConfig:
     top_k = features.get("top_k", int, 0)
     if top_k < 0:
         raise features.fail("top_k", f"must be 0 (all features) or positive, got {top_k}")
+    bitmask = _parse_bitmask(features, numeric)
     features.reject_unknown()
     if not numeric and not categorical:
         raise features.fail("numeric", "and 'features.categorical' are both empty; list at least one feature")
@@ -448,10 +459,28 @@ def _parse_config(raw: Mapping[str, Any], path: Path) -> DatasetConfig:
         log_transform=log_transform,
         drop_duplicates=drop_duplicates,
         top_k_features=top_k or None,
+        bitmask_features=bitmask,
         split=split,
         model=model,
         training=training,
     )
+
+
+def _parse_bitmask(features: _Reader, numeric: tuple[str, ...]) -> dict[str, int]:
+    table = features.get("bitmask", dict, {})
+    bitmask: dict[str, int] = {}
+    for column, bits in table.items():
+        if column not in numeric:
+            raise features.fail(
+                "bitmask", f"names {column!r}, which is not in 'features.numeric'; list the column there as well"
+            )
+        valid = isinstance(bits, int) and not isinstance(bits, bool) and 1 <= bits <= MAX_BITMASK_BITS
+        if not valid:
+            raise features.fail(
+                "bitmask", f"gives {column!r} {bits!r} bits; use an integer from 1 to {MAX_BITMASK_BITS}"
+            )
+        bitmask[column] = bits
+    return bitmask
 
 
 def _parse_tasks(tasks_table: _Reader, path: Path) -> dict[str, TaskConfig]:
