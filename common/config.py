@@ -128,7 +128,9 @@ class TrainingConfig:
     sample) from which the centralized command picks one on validation data.
     ``window`` is the length that federated training and detection use unless
     a command sets another. ``monitor`` is what early stopping watches,
-    ``"val_loss"`` or ``"val_macro_f1"``. ``oversample_max_ratio`` caps
+    ``"val_loss"`` or ``"val_macro_f1"``; ``monitor_min_support`` leaves
+    classes with fewer validation windows out of that macro-F1 (0 keeps
+    all). ``oversample_max_ratio`` caps
     SMOTE, so a class of n training windows grows to at most
     ``ceil(ratio * n)``. The default 0 balances every class to the majority count.
     ``local_epochs`` is the epochs each site trains per federated round
@@ -140,6 +142,7 @@ class TrainingConfig:
     batch_size: int = 256
     patience: int = 5
     monitor: str = "val_loss"
+    monitor_min_support: int = 0
     window: int = 1
     window_lengths: tuple[int, ...] = (1,)
     smote_k_neighbors: int = 5
@@ -575,11 +578,15 @@ def _parse_training(table: _Reader) -> TrainingConfig:
     monitor = table.get("monitor", str, defaults.monitor)
     if monitor not in MONITORS:
         raise table.fail("monitor", f"must be one of {list(MONITORS)}, got {monitor!r}")
+    min_support = table.get("monitor_min_support", int, defaults.monitor_min_support)
+    if min_support < 0:
+        raise table.fail("monitor_min_support", f"must be 0 (all classes) or positive, got {min_support}")
     training = TrainingConfig(
         epochs=table.positive_int("epochs", defaults.epochs),
         batch_size=table.positive_int("batch_size", defaults.batch_size),
         patience=table.positive_int("patience", defaults.patience),
         monitor=monitor,
+        monitor_min_support=min_support,
         window=table.positive_int("window", defaults.window),
         window_lengths=tuple(sorted(set(windows))),
         smote_k_neighbors=table.positive_int("smote_k_neighbors", defaults.smote_k_neighbors),

@@ -151,6 +151,7 @@ def test_config_normalization_and_monitor_read(tmp_path: Path) -> None:
     assert config.training.monitor == "val_macro_f1"
     assert config.training.oversample_max_ratio == 0.0
     assert config.training.local_epochs == 2
+    assert config.training.monitor_min_support == 0
 
 
 def test_config_name_looked_up_in_folder(tmp_path: Path) -> None:
@@ -230,6 +231,8 @@ WRONG_VALUES = [
     ("[training]\n", '[training]\nmonitor = "val_f1"\n', r"'training.monitor' must be one of"),
     ("[training]\n", "[training]\noversample_max_ratio = 0.5\n", r"'training.oversample_max_ratio' must be 0"),
     ("[training]\n", "[training]\nlocal_epochs = 0\n", r"'training.local_epochs' must be at least 1"),
+    ("[training]\n", "[training]\nmonitor_min_support = -1\n", r"'training.monitor_min_support' must be 0"),
+    ("[training]\n", "[training]\nmonitor_min_support = 2.5\n", r"'training.monitor_min_support' must be an integer"),
     (
         'numeric = ["Bytes", "Dur"]\n',
         'numeric = ["Bytes", "Dur"]\nbitmask = { Flags = 8 }\n',
