@@ -36,6 +36,10 @@ NORMALIZATIONS = ("none", "layer", "batch")
 #: Quantities early stopping can watch on the validation data.
 MONITORS = ("val_loss", "val_macro_f1")
 
+#: Widest bit mask ``features.bitmask`` accepts. Integers up to 2**53 are
+#: exact in float64, the type numeric columns are read as.
+MAX_BITMASK_BITS = 32
+
 
 @dataclass(frozen=True)
 class TaskConfig:
@@ -124,7 +128,9 @@ class TrainingConfig:
     sample) from which the centralized command picks one on validation data.
     ``window`` is the length that federated training and detection use unless
     a command sets another. ``monitor`` is what early stopping watches,
-    ``"val_loss"`` or ``"val_macro_f1"``. ``oversample_max_ratio`` caps
+    ``"val_loss"`` or ``"val_macro_f1"``; ``monitor_min_support`` leaves
+    classes with fewer validation windows out of that macro-F1 (0 keeps
+    all). ``oversample_max_ratio`` caps
     SMOTE, so a class of n training windows grows to at most
     ``ceil(ratio * n)``. The default 0 balances every class to the majority count.
     ``local_epochs`` is the epochs each site trains per federated round
@@ -136,6 +142,7 @@ class TrainingConfig:
     batch_size: int = 256
     patience: int = 5
     monitor: str = "val_loss"
+    monitor_min_support: int = 0
     window: int = 1
     window_lengths: tuple[int, ...] = (1,)
     smote_k_neighbors: int = 5
@@ -180,6 +187,11 @@ class DatasetConfig:
         Drop rows that repeat an earlier row in every column.
     top_k_features : int or None
         Keep only the k highest-ranked input columns; ``None`` keeps all.
+    bitmask_features : mapping of str to int
+        Numeric feature that holds a bit mask (for example TCP flags) to its
+        number of bits. Each such column also gives one 0/1 input per bit,
+        next to its scaled value, because min-max scaling of the integer
+        puts flag combinations that share no bit side by side.
     """
 
     name: str
@@ -195,6 +207,7 @@ class DatasetConfig:
     log_transform: bool = False
     drop_duplicates: bool = True
     top_k_features: int | None = None
+    bitmask_features: Mapping[str, int] = field(default_factory=dict)
     split: SplitConfig = field(default_factory=SplitConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -396,6 +409,7 @@ def _parse_config(raw: Mapping[str, Any], path: Path) -> DatasetConfig:
     top_k = features.get("top_k", int, 0)
     if top_k < 0:
         raise features.fail("top_k", f"must be 0 (all features) or positive, got {top_k}")
+    bitmask = _parse_bitmask(features, numeric)
     features.reject_unknown()
     if not numeric and not categorical:
         raise features.fail("numeric", "and 'features.categorical' are both empty; list at least one feature")
@@ -448,10 +462,28 @@ def _parse_config(raw: Mapping[str, Any], path: Path) -> DatasetConfig:
         log_transform=log_transform,
         drop_duplicates=drop_duplicates,
         top_k_features=top_k or None,
+        bitmask_features=bitmask,
         split=split,
         model=model,
         training=training,
     )
+
+
+def _parse_bitmask(features: _Reader, numeric: tuple[str, ...]) -> dict[str, int]:
+    table = features.get("bitmask", dict, {})
+    bitmask: dict[str, int] = {}
+    for column, bits in table.items():
+        if column not in numeric:
+            raise features.fail(
+                "bitmask", f"names {column!r}, which is not in 'features.numeric'; list the column there as well"
+            )
+        valid = isinstance(bits, int) and not isinstance(bits, bool) and 1 <= bits <= MAX_BITMASK_BITS
+        if not valid:
+            raise features.fail(
+                "bitmask", f"gives {column!r} {bits!r} bits; use an integer from 1 to {MAX_BITMASK_BITS}"
+            )
+        bitmask[column] = bits
+    return bitmask
 
 
 def _parse_tasks(tasks_table: _Reader, path: Path) -> dict[str, TaskConfig]:
@@ -546,11 +578,15 @@ def _parse_training(table: _Reader) -> TrainingConfig:
     monitor = table.get("monitor", str, defaults.monitor)
     if monitor not in MONITORS:
         raise table.fail("monitor", f"must be one of {list(MONITORS)}, got {monitor!r}")
+    min_support = table.get("monitor_min_support", int, defaults.monitor_min_support)
+    if min_support < 0:
+        raise table.fail("monitor_min_support", f"must be 0 (all classes) or positive, got {min_support}")
     training = TrainingConfig(
         epochs=table.positive_int("epochs", defaults.epochs),
         batch_size=table.positive_int("batch_size", defaults.batch_size),
         patience=table.positive_int("patience", defaults.patience),
         monitor=monitor,
+        monitor_min_support=min_support,
         window=table.positive_int("window", defaults.window),
         window_lengths=tuple(sorted(set(windows))),
         smote_k_neighbors=table.positive_int("smote_k_neighbors", defaults.smote_k_neighbors),

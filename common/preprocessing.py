@@ -14,7 +14,10 @@ The transform of one row is:
    scaling with the federation-wide minimum and maximum, clipped to [0, 1];
 2. categorical columns: one-hot over the configured vocabulary plus one
    unknown bucket, so every site produces the same columns whatever values it
-   has seen.
+   has seen;
+3. bit-mask columns (numeric columns such as TCP flags, named in the
+   configuration with their width): one 0/1 column per bit of the raw value,
+   after the columns above.
 
 Non-finite numbers (``inf``, ``-inf``) count as missing in both the
 statistics and the transform, because a single infinity would make the
@@ -37,7 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from common.config import DatasetConfig
+from common.config import MAX_BITMASK_BITS, DatasetConfig
 from common.exceptions import DataValidationError, PreprocessingError
 
 logger = logging.getLogger(__name__)
@@ -49,7 +52,11 @@ UNKNOWN_CATEGORY = "<unknown>"
 STATISTICS_FORMAT_VERSION = 1
 
 #: Version of the JSON layout written by :meth:`Preprocessor.to_dict`.
-PREPROCESSOR_FORMAT_VERSION = 1
+#: Version 2 added ``bitmask_features``.
+PREPROCESSOR_FORMAT_VERSION = 2
+
+#: Versions :meth:`Preprocessor.from_dict` reads; version 1 files have no bit-mask columns.
+PREPROCESSOR_READABLE_VERSIONS = (1, 2)
 
 
 def _shorten(text: str, limit: int = 40) -> str:
@@ -112,6 +119,39 @@ def _numeric_matrix(features: pd.DataFrame, columns: Sequence[str], purpose: str
     return matrix
 
 
+def bit_columns(column: str, bits: int) -> tuple[str, ...]:
+    """Return the output names of the ``bits`` bit columns of ``column``, lowest bit first."""
+    return tuple(f"{column}:bit{bit}" for bit in range(bits))
+
+
+def expand_bits(values: np.ndarray, bits: int) -> tuple[np.ndarray, int]:
+    """Split integer bit masks into one 0/1 column per bit.
+
+    Parameters
+    ----------
+    values : ndarray of shape (n_rows,)
+        Raw values of one bit-mask column; NaN marks a missing value.
+    bits : int
+        Number of bits to keep, lowest bit first.
+
+    Returns
+    -------
+    expanded : ndarray of shape (n_rows, bits), float32
+        Column ``i`` is 1 where bit ``i`` (value ``2**i``) is set.
+    n_invalid : int
+        Values that are not integers in ``[0, 2**bits)``: negative,
+        fractional, infinite or too large. They get all bits 0, like
+        missing values, because a mask that does not fit the configured
+        width is not a combination of the known flags.
+    """
+    array = np.asarray(values, dtype=np.float64)
+    present = ~np.isnan(array)
+    valid = present & np.isfinite(array) & (array >= 0) & (array < 2.0**bits) & (np.floor(array) == array)
+    integers = np.where(valid, array, 0.0).astype(np.int64)
+    expanded = (integers[:, None] >> np.arange(bits, dtype=np.int64)) & 1
+    return expanded.astype(np.float32), int(np.count_nonzero(present & ~valid))
+
+
 def _category_values(column: pd.Series) -> pd.Series:
     """Return a categorical column as stripped strings, missing values as ``""``."""
     if column.dtype == object or pd.api.types.is_string_dtype(column.dtype):
@@ -154,17 +194,19 @@ def _difference(left: Sequence[str], right: Sequence[str]) -> str:
 class _DictReader:
     """Typed access to a decoded JSON object, raising PreprocessingError that names the key."""
 
-    def __init__(self, data: Mapping[str, Any], subject: str, version: int) -> None:
+    def __init__(self, data: Mapping[str, Any], subject: str, versions: tuple[int, ...]) -> None:
         if not isinstance(data, Mapping):
             raise PreprocessingError(f"{subject}: expected a JSON object, got {type(data).__name__}")
         self.data = data
         self.subject = subject
         found = data.get("format_version")
-        if found != version:
+        if isinstance(found, bool) or found not in versions:
+            readable = " or ".join(str(version) for version in versions)
             raise PreprocessingError(
-                f"{subject}: format_version is {found!r}, but this code reads version {version}; "
+                f"{subject}: format_version is {found!r}, but this code reads version {readable}; "
                 "recompute it with the same release of the pipeline"
             )
+        self.version = int(found)
 
     def fail(self, key: str, problem: str) -> PreprocessingError:
         return PreprocessingError(f"{self.subject}: key {key!r} {problem}")
@@ -206,6 +248,15 @@ class _DictReader:
                 )
             result[column] = tuple(vocabulary)
         return result
+
+    def bit_widths(self, key: str) -> dict[str, int]:
+        table = self.get(key, dict)
+        for column, bits in table.items():
+            if isinstance(bits, bool) or not isinstance(bits, int):
+                raise self.fail(
+                    key, f"must map each column to an integer number of bits; column {column!r} has {bits!r}"
+                )
+        return {str(column): int(bits) for column, bits in table.items()}
 
 
 # ---------------------------------------------------------------------------
@@ -445,7 +496,7 @@ class FeatureStatistics:
             If the format version is wrong, a key is missing or a value has
             the wrong type or length.
         """
-        reader = _DictReader(data, "feature statistics", STATISTICS_FORMAT_VERSION)
+        reader = _DictReader(data, "feature statistics", (STATISTICS_FORMAT_VERSION,))
         features = reader.strings("features")
         n_features = len(features)
         count = reader.get("count", list)
@@ -522,6 +573,9 @@ class Preprocessor:
         Score per output column used for the selection, kept for reports.
     n_rows : int
         Training rows the statistics came from, summed over sites.
+    bitmask_features : dict of str to int
+        Numeric column that contains a bit mask, mapped to its number of
+        bits. Each bit becomes one 0/1 output column.
     """
 
     dataset: str
@@ -539,6 +593,7 @@ class Preprocessor:
     selected_columns: tuple[str, ...] | None = None
     feature_ranking: dict[str, float] | None = None
     n_rows: int = 0
+    bitmask_features: dict[str, int] = dataclasses.field(default_factory=dict)
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -551,6 +606,7 @@ class Preprocessor:
         self.minimum = np.asarray(self.minimum, dtype=np.float64)
         self.maximum = np.asarray(self.maximum, dtype=np.float64)
         self.fill_value = np.asarray(self.fill_value, dtype=np.float64)
+        self.bitmask_features = {column: int(bits) for column, bits in self.bitmask_features.items()}
         if self.selected_columns is not None:
             self.selected_columns = tuple(self.selected_columns)
         self._validate()
@@ -583,6 +639,17 @@ class Preprocessor:
             )
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
             raise PreprocessingError(f"preprocessor: window must be an integer >= 1, got {self.window!r}")
+        for column, bits in self.bitmask_features.items():
+            if column not in self.numeric_features:
+                raise PreprocessingError(
+                    f"preprocessor: bit-mask column {column!r} is not a numeric feature {list(self.numeric_features)}; "
+                    "rebuild the preprocessor from a configuration that lists it in features.numeric"
+                )
+            if not 1 <= bits <= MAX_BITMASK_BITS:
+                raise PreprocessingError(
+                    f"preprocessor: bit-mask column {column!r} has {bits} bits; expected 1 to {MAX_BITMASK_BITS}, "
+                    "so rebuild the preprocessor from a valid configuration"
+                )
         if self.selected_columns is not None:
             self._selection_indices(self.selected_columns)
 
@@ -694,6 +761,7 @@ class Preprocessor:
             fill_value=fill_value,
             window=window,
             n_rows=stats.n_rows,
+            bitmask_features=dict(config.bitmask_features),
         )
 
     @property
@@ -701,12 +769,15 @@ class Preprocessor:
         """Names of all transform outputs.
 
         Numeric features first, then one column per vocabulary value of each
-        categorical feature, then one unknown bucket per categorical feature.
+        categorical feature, then one unknown bucket per categorical feature,
+        then the bits of each bit-mask column (``"TCP_FLAGS:bit0"`` and so on).
         """
         names = list(self.numeric_features)
         for column, vocabulary in self.categorical_features.items():
             names.extend(f"{column}={value}" for value in vocabulary)
         names.extend(f"{column}={UNKNOWN_CATEGORY}" for column in self.categorical_features)
+        for column, bits in self.bitmask_features.items():
+            names.extend(bit_columns(column, bits))
         return tuple(names)
 
     @property
@@ -740,6 +811,8 @@ class Preprocessor:
         -------
         ndarray of shape (n_rows, n_features), float32
             Values in [0, 1], columns named by :attr:`feature_names`, no NaN.
+            Bit columns are 0 where the raw value is missing or is not an
+            integer that fits the configured width.
 
         Raises
         ------
@@ -752,6 +825,8 @@ class Preprocessor:
         output = np.zeros((n_rows, len(self.output_columns)), dtype=np.float32)
 
         matrix = _numeric_matrix(features, self.numeric_features, "transform")
+        # Bits come from the raw integers, before the log transform and imputation change them.
+        self._write_bits(matrix, output)
         if self.log_transform:
             matrix = signed_log1p(matrix)
         missing = np.isnan(matrix)
@@ -769,6 +844,23 @@ class Preprocessor:
         if self._column_index is not None:
             return output[:, self._column_index]
         return output
+
+    def _write_bits(self, raw: np.ndarray, output: np.ndarray) -> None:
+        """Write the bit columns of every bit-mask column into ``output`` in place."""
+        start = len(self.output_columns) - sum(self.bitmask_features.values())
+        for column, bits in self.bitmask_features.items():
+            values = raw[:, self.numeric_features.index(column)]
+            expanded, n_invalid = expand_bits(values, bits)
+            output[:, start : start + bits] = expanded
+            if n_invalid:
+                logger.warning(
+                    "transform: %d of %d %s values are not integers in [0, 2**%d); their bit columns are 0",
+                    n_invalid,
+                    len(values),
+                    column,
+                    bits,
+                )
+            start += bits
 
     def _one_hot(self, features: pd.DataFrame, output: np.ndarray, n_numeric: int) -> None:
         """Write the one-hot columns of every categorical feature into ``output`` in place."""
@@ -851,6 +943,7 @@ class Preprocessor:
             "selected_columns": None if self.selected_columns is None else list(self.selected_columns),
             "feature_ranking": None if self.feature_ranking is None else dict(self.feature_ranking),
             "n_rows": self.n_rows,
+            "bitmask_features": dict(self.bitmask_features),
         }
 
     @classmethod
@@ -863,7 +956,7 @@ class Preprocessor:
             If the format version is wrong, a key is missing or a value has
             the wrong type, length or range.
         """
-        reader = _DictReader(data, "preprocessor", PREPROCESSOR_FORMAT_VERSION)
+        reader = _DictReader(data, "preprocessor", PREPROCESSOR_READABLE_VERSIONS)
         numeric = reader.strings("numeric_features")
         selected = (
             None if reader.data.get("selected_columns", ...) is None else reader.strings("selected_columns")
@@ -874,6 +967,7 @@ class Preprocessor:
             if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ranking_raw.values()):
                 raise reader.fail("feature_ranking", "must map column names to numbers")
             ranking = {str(k): float(v) for k, v in ranking_raw.items()}
+        bitmask = reader.bit_widths("bitmask_features") if reader.version >= 2 else {}
         return cls(
             dataset=reader.get("dataset", str),
             task=reader.get("task", str),
@@ -890,6 +984,7 @@ class Preprocessor:
             selected_columns=selected,
             feature_ranking=ranking,
             n_rows=reader.get("n_rows", int),
+            bitmask_features=bitmask,
         )
 
     def save(self, path: str | os.PathLike[str]) -> Path:

@@ -18,25 +18,35 @@ PREDICT_BATCH_SIZE = 4096
 MONITOR_MODES = {"val_loss": "min", "val_macro_f1": "max"}
 
 
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, min_support: int = 0) -> float:
     """Return the unweighted mean F1 over the classes that occur in ``y_true`` or ``y_pred``.
 
     Parameters
     ----------
     y_true, y_pred : ndarray of shape (n_samples,)
         True and predicted class indices.
+    min_support : int, default=0
+        Leave out classes with fewer than ``min_support`` true samples. With
+        a positive value, classes that are predicted but never true are left
+        out as well.
 
     Returns
     -------
     float
         Macro-F1 in [0, 1]; a class that is predicted but never true, or true
-        but never predicted, counts with F1 0. 0.0 for empty input.
+        but never predicted, counts with F1 0. 0.0 for empty input or when
+        no class has ``min_support`` samples.
     """
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
     if len(y_true) == 0:
         return 0.0
     classes = np.union1d(y_true, y_pred)
+    if min_support > 0:
+        supported = [label for label in classes if np.sum(y_true == label) >= min_support]
+        if not supported:
+            return 0.0
+        classes = np.asarray(supported)
     scores = []
     for label in classes:
         true_positive = float(np.sum((y_true == label) & (y_pred == label)))
@@ -52,18 +62,21 @@ class ValidationMacroF1(keras.callbacks.Callback):
     Placed before :class:`keras.callbacks.EarlyStopping` in the callback
     list, it lets early stopping keep the epoch with the best macro-F1, the
     score a multi-class detector is judged by, instead of the lowest loss.
+    Classes with fewer than ``min_support`` validation windows are left out
+    of the score (see :func:`macro_f1`).
     """
 
-    def __init__(self, X_val: np.ndarray, y_val: np.ndarray) -> None:
+    def __init__(self, X_val: np.ndarray, y_val: np.ndarray, min_support: int = 0) -> None:
         super().__init__()
         self.X_val = X_val
         self.y_val = y_val
+        self.min_support = min_support
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if logs is None:
             return
         proba = self.model.predict(self.X_val, batch_size=PREDICT_BATCH_SIZE, verbose=0)
-        logs["val_macro_f1"] = macro_f1(self.y_val, np.asarray(proba).argmax(axis=1))
+        logs["val_macro_f1"] = macro_f1(self.y_val, np.asarray(proba).argmax(axis=1), self.min_support)
 
 
 def fit_model(
@@ -77,6 +90,7 @@ def fit_model(
     batch_size: int,
     patience: int | None = None,
     monitor: str = "val_loss",
+    monitor_min_support: int = 0,
     seed: int = 42,
     verbose: int = 0,
 ) -> dict[str, list[float]]:
@@ -94,6 +108,12 @@ def fit_model(
     monitor : {"val_loss", "val_macro_f1"}, default="val_loss"
         What early stopping watches: the validation loss (lower is better)
         or the validation macro-F1 (higher is better).
+    monitor_min_support : int, default=0
+        With ``monitor="val_macro_f1"``, leave classes with fewer validation
+        windows than this out of the macro-F1. A class with one or two
+        validation windows can move the score by ``1 / n_classes`` in one
+        epoch, so early stopping could keep an epoch that got those few
+        windows right by chance.
     seed : int
         Shuffling seed.
 
@@ -115,7 +135,7 @@ def fit_model(
     if X_val is not None and y_val is not None and len(y_val) > 0:
         validation = (X_val, y_val)
         if monitor == "val_macro_f1":
-            callbacks.append(ValidationMacroF1(X_val, y_val))
+            callbacks.append(ValidationMacroF1(X_val, y_val, monitor_min_support))
         if patience:
             callbacks.append(
                 keras.callbacks.EarlyStopping(

@@ -84,6 +84,7 @@ def _train(
         batch_size=config.training.batch_size,
         patience=config.training.patience,
         monitor=config.training.monitor,
+        monitor_min_support=config.training.monitor_min_support,
         seed=config.training.seed,
     )
     return model, time.perf_counter() - started, len(history.get("loss", []))

@@ -100,6 +100,7 @@ def train_and_evaluate(
         batch_size=config.training.batch_size,
         patience=config.training.patience,
         monitor=config.training.monitor,
+        monitor_min_support=config.training.monitor_min_support,
         seed=config.training.seed,
         verbose=verbose,
     )

@@ -127,6 +127,21 @@ def test_config_valid_file_parsed(tmp_path: Path) -> None:
     assert config.training.monitor == "val_loss"
 
 
+def test_config_bitmask_read(tmp_path: Path) -> None:
+    text = edited('numeric = ["Bytes", "Dur"]\n', 'numeric = ["Bytes", "Dur"]\nbitmask = { Dur = 4, Bytes = 8 }\n')
+
+    config = load_dataset_config(write_config(tmp_path, text))
+
+    assert config.bitmask_features == {"Dur": 4, "Bytes": 8}
+    assert list(config.bitmask_features) == ["Dur", "Bytes"]
+    # Bit-mask columns are read as numeric features, so the file needs no new column.
+    assert config.feature_columns == ("Bytes", "Dur", "Flgs")
+
+
+def test_config_bitmask_default_empty(tmp_path: Path) -> None:
+    assert load_dataset_config(write_config(tmp_path, VALID)).bitmask_features == {}
+
+
 def test_config_normalization_and_monitor_read(tmp_path: Path) -> None:
     text = edited("[training]\n", '[model]\nnormalization = "layer"\n\n[training]\nmonitor = "val_macro_f1"\n')
 
@@ -136,6 +151,7 @@ def test_config_normalization_and_monitor_read(tmp_path: Path) -> None:
     assert config.training.monitor == "val_macro_f1"
     assert config.training.oversample_max_ratio == 0.0
     assert config.training.local_epochs == 2
+    assert config.training.monitor_min_support == 0
 
 
 def test_config_name_looked_up_in_folder(tmp_path: Path) -> None:
@@ -215,6 +231,38 @@ WRONG_VALUES = [
     ("[training]\n", '[training]\nmonitor = "val_f1"\n', r"'training.monitor' must be one of"),
     ("[training]\n", "[training]\noversample_max_ratio = 0.5\n", r"'training.oversample_max_ratio' must be 0"),
     ("[training]\n", "[training]\nlocal_epochs = 0\n", r"'training.local_epochs' must be at least 1"),
+    ("[training]\n", "[training]\nmonitor_min_support = -1\n", r"'training.monitor_min_support' must be 0"),
+    ("[training]\n", "[training]\nmonitor_min_support = 2.5\n", r"'training.monitor_min_support' must be an integer"),
+    (
+        'numeric = ["Bytes", "Dur"]\n',
+        'numeric = ["Bytes", "Dur"]\nbitmask = { Flags = 8 }\n',
+        r"'features.bitmask' names 'Flags', which is not in 'features.numeric'",
+    ),
+    (
+        'numeric = ["Bytes", "Dur"]\n',
+        'numeric = ["Bytes", "Dur"]\nbitmask = { Bytes = 0 }\n',
+        r"'features.bitmask' gives 'Bytes' 0 bits; use an integer from 1 to 32",
+    ),
+    (
+        'numeric = ["Bytes", "Dur"]\n',
+        'numeric = ["Bytes", "Dur"]\nbitmask = { Bytes = 33 }\n',
+        r"'features.bitmask' gives 'Bytes' 33 bits",
+    ),
+    (
+        'numeric = ["Bytes", "Dur"]\n',
+        'numeric = ["Bytes", "Dur"]\nbitmask = { Bytes = 8.0 }\n',
+        r"'features.bitmask' gives 'Bytes' 8.0 bits",
+    ),
+    (
+        'numeric = ["Bytes", "Dur"]\n',
+        'numeric = ["Bytes", "Dur"]\nbitmask = { Bytes = true }\n',
+        r"'features.bitmask' gives 'Bytes' True bits",
+    ),
+    (
+        'numeric = ["Bytes", "Dur"]\n',
+        'numeric = ["Bytes", "Dur"]\nbitmask = ["Bytes"]\n',
+        r"'features.bitmask' must be a table",
+    ),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import logging
@@ -28,14 +29,22 @@ from client.detect import (
     follow_file,
 )
 from client.detect import main as detect_main
-from common.bundle import Bundle, load_bundle
+from common.bundle import Bundle, load_bundle, save_model
 from common.exceptions import DataFileNotFoundError, DataValidationError
 from common.inference import KerasPredictor, OnnxPredictor, make_predictor
 from common.loading import clean_flows, read_flow_csv
+from common.model import build_cnn_lstm
 from common.windows import make_windows
 from server.registry import Registry
 from server.signing import generate_keypair, load_private_key
-from tests.bundle_helpers import train_wustl_round, write_toy_dataset, write_toy_round
+from tests.bundle_helpers import (
+    TOY_DATASET_TOML,
+    round_metrics,
+    toy_preprocessor,
+    train_wustl_round,
+    write_toy_dataset,
+    write_toy_round,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,6 +125,43 @@ def test_detect_frame_episodes_per_flow(bundle_w1: Bundle) -> None:
     ]
     assert [e.peak_probability for e in result.episodes] == pytest.approx([0.9, 0.8, 0.9])
     assert (result.rows_read, result.rows_scored) == (8, 8)
+
+
+class HighBitPredictor:
+    """Stand-in runtime: a flow is an attack when the last input column, bit 1 of ``b``, is set."""
+
+    name = "high-bit"
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        attack = X[:, -1, -1].astype(np.float32)
+        return np.column_stack([1.0 - attack, attack])
+
+
+def test_detect_frame_bitmask_bundle(tmp_path: Path, key: Ed25519PrivateKey) -> None:
+    preprocessor = dataclasses.replace(toy_preprocessor(), bitmask_features={"b": 2})
+    model = build_cnn_lstm(
+        preprocessor.n_features, 1, 2, conv_filters=4, kernel_size=2, lstm_units=4, dense_units=4, dropout=0.0
+    )
+    save_model(tmp_path / "round", model, preprocessor, round_metrics(1, 0.8))
+    dataset = tmp_path / "toy.toml"
+    dataset.write_text(
+        TOY_DATASET_TOML.replace('numeric = ["a", "b"]\n', 'numeric = ["a", "b"]\nbitmask = { b = 2 }\n'),
+        encoding="utf-8",
+    )
+    entry = Registry(tmp_path / "registry").publish(
+        tmp_path / "round", run_id="toy-bits", server_round=1, signing_key=key, dataset_file=dataset
+    )
+    bundle = load_bundle(Path(entry["path"]), public_key=key.public_key())
+    frame = toy_frame([1, 1, 1, 1]).assign(b=["0", "1", "2", "3"])
+
+    result = detect_frame(bundle, frame, predictor=HighBitPredictor())
+    keras_result = detect_frame(bundle, frame, runtime="keras")
+
+    assert bundle.preprocessor.bitmask_features == {"b": 2}
+    assert bundle.preprocessor.feature_names[-2:] == ("b:bit0", "b:bit1")
+    # Bit 1 (value 2) is set in 2 and 3 only.
+    assert result.predictions["predicted"].tolist() == ["normal", "normal", "attack", "attack"]
+    assert keras_result.rows_scored == 4
 
 
 def test_detect_frame_window_leaves_first_rows_unscored(bundle_w3: Bundle) -> None:

@@ -18,6 +18,7 @@ from common.preprocessing import (
     UNKNOWN_CATEGORY,
     FeatureStatistics,
     Preprocessor,
+    expand_bits,
     signed_log1p,
 )
 
@@ -26,6 +27,7 @@ def make_config(
     numeric: tuple[str, ...] = ("a", "b"),
     categorical: dict[str, tuple[str, ...]] | None = None,
     log_transform: bool = False,
+    bitmask: dict[str, int] | None = None,
 ) -> DatasetConfig:
     task = TaskConfig(
         name="binary",
@@ -45,6 +47,7 @@ def make_config(
         numeric_features=numeric,
         categorical_features={"proto": ("tcp", "udp")} if categorical is None else categorical,
         log_transform=log_transform,
+        bitmask_features={} if bitmask is None else bitmask,
     )
 
 
@@ -559,8 +562,8 @@ def test_json_round_trip_gives_identical_transform(tmp_path: Path) -> None:
 def test_from_dict_version_and_key_errors() -> None:
     data = build(make_frame(a=[0.0, 1.0], b=[0.0, 1.0], proto=["tcp", "udp"]), make_config()).to_dict()
 
-    with pytest.raises(PreprocessingError, match="format_version is 2, but this code reads version 1"):
-        Preprocessor.from_dict({**data, "format_version": 2})
+    with pytest.raises(PreprocessingError, match="format_version is 3, but this code reads version 1 or 2"):
+        Preprocessor.from_dict({**data, "format_version": 3})
     with pytest.raises(PreprocessingError, match="format_version is None"):
         Preprocessor.from_dict({key: value for key, value in data.items() if key != "format_version"})
     with pytest.raises(PreprocessingError, match="key 'fill_value' is missing"):
@@ -573,6 +576,127 @@ def test_from_dict_version_and_key_errors() -> None:
         Preprocessor.from_dict({**data, "minimum": [2.0, 0.0]})
     with pytest.raises(PreprocessingError, match=r"unknown column\(s\) \['z'\]"):
         Preprocessor.from_dict({**data, "selected_columns": ["z"]})
+
+
+# ---------------------------------------------------------------------------
+# Bit-mask columns
+# ---------------------------------------------------------------------------
+
+
+def test_expand_bits_values() -> None:
+    values = np.array([0.0, 1.0, 18.0, 255.0, np.nan])
+
+    expanded, n_invalid = expand_bits(values, 8)
+
+    # 18 = 0b00010010 (SYN and ACK); 255 sets every bit; missing gives none.
+    X_gt = np.array(
+        [
+            [0, 0, 0, 0, 0, 0, 0, 0],
+            [1, 0, 0, 0, 0, 0, 0, 0],
+            [0, 1, 0, 0, 1, 0, 0, 0],
+            [1, 1, 1, 1, 1, 1, 1, 1],
+            [0, 0, 0, 0, 0, 0, 0, 0],
+        ],
+        dtype=np.float32,
+    )
+    assert expanded.dtype == np.float32
+    np.testing.assert_array_equal(expanded, X_gt)
+    assert n_invalid == 0
+
+
+@pytest.mark.parametrize(
+    "value", [-1.0, 2.5, 16.0, np.inf], ids=["negative", "fraction", "too-wide", "infinite"]
+)
+def test_expand_bits_invalid_value_gives_zeros(value: float) -> None:
+    expanded, n_invalid = expand_bits(np.array([value, 3.0]), 4)
+
+    np.testing.assert_array_equal(expanded, [[0, 0, 0, 0], [1, 1, 0, 0]])
+    assert n_invalid == 1
+
+
+def test_transform_bitmask_columns_after_one_hot() -> None:
+    config = make_config(bitmask={"b": 3}, log_transform=True)
+    train = make_frame(a=[0.0, 10.0], b=[0.0, 7.0], proto=["tcp", "udp"])
+    preprocessor = build(train, config)
+
+    X = preprocessor.transform(make_frame(a=[0.0, 0.0, 0.0], b=[5.0, 2.0, np.nan], proto=["tcp"] * 3))
+
+    assert preprocessor.output_columns == (
+        "a",
+        "b",
+        "proto=tcp",
+        "proto=udp",
+        f"proto={UNKNOWN_CATEGORY}",
+        "b:bit0",
+        "b:bit1",
+        "b:bit2",
+    )
+    assert preprocessor.n_features == 8
+    # The bits come from the raw values (5 = 0b101, 2 = 0b010), not from the
+    # log-transformed ones; a missing value sets none of them.
+    np.testing.assert_array_equal(X[:, 5:], [[1, 0, 1], [0, 1, 0], [0, 0, 0]])
+    # The scaled value stays: log1p(5) / log1p(7) for the first row.
+    np.testing.assert_allclose(X[0, 1], np.log1p(5.0) / np.log1p(7.0), rtol=1e-6)
+
+
+def test_transform_bitmask_invalid_value_warns(caplog: pytest.LogCaptureFixture) -> None:
+    config = make_config(bitmask={"b": 2})
+    preprocessor = build(make_frame(a=[0.0, 1.0], b=[0.0, 3.0], proto=["tcp"] * 2), config)
+
+    with caplog.at_level(logging.WARNING, logger="common.preprocessing"):
+        X = preprocessor.transform(make_frame(a=[0.0, 0.0], b=[9.0, 1.0], proto=["tcp"] * 2))
+
+    np.testing.assert_array_equal(X[:, -2:], [[0, 0], [1, 0]])
+    assert "1 of 2 b values are not integers in [0, 2**2)" in caplog.text
+
+
+def test_bitmask_json_round_trip(tmp_path: Path) -> None:
+    config = make_config(bitmask={"a": 8, "b": 2})
+    preprocessor = build(make_frame(a=[0.0, 255.0], b=[0.0, 3.0], proto=["tcp", "udp"]), config)
+    rows = make_frame(a=[18.0, 7.0], b=[1.0, 2.0], proto=["udp", "tcp"])
+
+    path = preprocessor.save(tmp_path / "preprocessing.json")
+    restored = Preprocessor.load(path)
+
+    assert json.loads(path.read_text())["bitmask_features"] == {"a": 8, "b": 2}
+    assert restored.bitmask_features == {"a": 8, "b": 2}
+    assert restored == preprocessor
+    assert restored.n_features == 2 + 3 + 8 + 2
+    np.testing.assert_array_equal(restored.transform(rows), preprocessor.transform(rows))
+
+
+def test_bitmask_selection_keeps_bit_columns() -> None:
+    config = make_config(bitmask={"b": 2})
+    preprocessor = build(make_frame(a=[0.0, 1.0], b=[0.0, 3.0], proto=["tcp"] * 2), config)
+
+    selected = preprocessor.with_selection(["b:bit1", "a"])
+    X = selected.transform(make_frame(a=[1.0], b=[2.0], proto=["tcp"]))
+
+    assert selected.feature_names == ("a", "b:bit1")
+    np.testing.assert_array_equal(X, [[1.0, 1.0]])
+
+
+def test_from_dict_version_1_has_no_bitmask() -> None:
+    data = build(make_frame(a=[0.0, 1.0], b=[0.0, 1.0], proto=["tcp", "udp"]), make_config()).to_dict()
+    version_1 = {key: value for key, value in data.items() if key != "bitmask_features"}
+
+    restored = Preprocessor.from_dict({**version_1, "format_version": 1})
+
+    assert restored.bitmask_features == {}
+    assert restored.n_features == 5
+
+
+def test_from_dict_bitmask_errors() -> None:
+    data = build(make_frame(a=[0.0, 1.0], b=[0.0, 1.0], proto=["tcp", "udp"]), make_config()).to_dict()
+
+    with pytest.raises(PreprocessingError, match="key 'bitmask_features' is missing"):
+        Preprocessor.from_dict({key: value for key, value in data.items() if key != "bitmask_features"})
+    with pytest.raises(PreprocessingError, match="column 'a' has '8'"):
+        Preprocessor.from_dict({**data, "bitmask_features": {"a": "8"}})
+    with pytest.raises(PreprocessingError, match="bit-mask column 'z' is not a numeric feature"):
+        Preprocessor.from_dict({**data, "bitmask_features": {"z": 8}})
+    with pytest.raises(PreprocessingError, match="bit-mask column 'a' has 0 bits; expected 1 to 32"):
+        Preprocessor.from_dict({**data, "bitmask_features": {"a": 0}})
 
 
 def test_load_missing_and_invalid_file_errors(tmp_path: Path) -> None:

@@ -31,6 +31,47 @@ def test_macro_f1_empty_is_zero() -> None:
     assert macro_f1(np.array([], dtype=np.int64), np.array([], dtype=np.int64)) == 0.0
 
 
+def test_macro_f1_min_support_skips_small_classes() -> None:
+    y_true = np.array([0, 0, 0, 1, 1, 1, 2, 3])
+    y_pred = np.array([0, 0, 1, 1, 1, 1, 0, 3])
+
+    # Class 0: 2 hits, 3 predicted, 3 true -> 4/6. Class 1: 3 hits, 4 predicted, 3 true -> 6/7.
+    # Classes 2 and 3 have one true sample each and are left out.
+    assert macro_f1(y_true, y_pred, min_support=3) == pytest.approx((4 / 6 + 6 / 7) / 2)
+    assert macro_f1(y_true, y_pred, min_support=0) == pytest.approx((4 / 6 + 6 / 7 + 0.0 + 1.0) / 4)
+
+
+def test_macro_f1_min_support_above_every_class() -> None:
+    assert macro_f1(np.array([0, 1]), np.array([0, 1]), min_support=2) == 0.0
+
+
+def test_fit_model_monitor_min_support_logged() -> None:
+    keras.utils.set_random_seed(3)
+    X_train, y_train = _toy(240, 0)
+    X_val, y_val = _toy(60, 1)
+    # One validation window of an extra class 3, which the model never predicts.
+    X_val = np.concatenate([X_val, X_val[:1]])
+    y_val = np.concatenate([y_val, [3]])
+    model = build_cnn_lstm(5, 1, 4, conv_filters=8, lstm_units=8, dense_units=8, dropout=0.0, learning_rate=0.01)
+
+    history = fit_model(
+        model,
+        X_train,
+        y_train,
+        X_val,
+        y_val,
+        epochs=2,
+        batch_size=32,
+        monitor="val_macro_f1",
+        monitor_min_support=2,
+    )
+
+    # Without patience nothing restores an earlier epoch, so the last score belongs to the final weights.
+    predicted = model.predict(X_val, verbose=0).argmax(axis=1)
+    assert history["val_macro_f1"][-1] == pytest.approx(macro_f1(y_val, predicted, min_support=2))
+    assert macro_f1(y_val, predicted, min_support=2) != pytest.approx(macro_f1(y_val, predicted))
+
+
 def _toy(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 3, n)
