@@ -330,8 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _TerminatedError(Exception):
-    """Raised in the main thread when SIGTERM arrives, so that the run stops like on Ctrl-C."""
+class _TerminatedError(BaseException):
+    """Raised in the main thread when SIGTERM arrives, so that the run stops like on Ctrl-C.
+
+    It derives from BaseException, as KeyboardInterrupt does, so that no
+    ``except Exception`` in the training code swallows it.
+    """
 
 
 def _raise_terminated(_signum: int, _frame: object) -> None:

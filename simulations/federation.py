@@ -305,6 +305,22 @@ class LocalFederation:
                 raise DeploymentError(f"run {run_id} still {status!r} after {timeout:.0f} s")
             time.sleep(2.0)
 
+    def wait_for_clientapp(self, name: str, timeout: float) -> bool:
+        """Wait until a site's SuperNode runs a ``flwr-clientapp`` process, that is, handles a message."""
+        import psutil
+
+        deadline = time.monotonic() + timeout
+        root = psutil.Process(self.running[name].process.pid)
+        while time.monotonic() < deadline:
+            for child in root.children(recursive=True):
+                try:
+                    if any("flwr-clientapp" in part for part in child.cmdline()):
+                        return True
+                except psutil.Error:
+                    continue
+            time.sleep(0.1)
+        return False
+
     def kill_site(self, name: str) -> float:
         """Kill a site's SuperNode and its ClientApp processes with SIGKILL; return the wall-clock time."""
         site = self.running.pop(name)
@@ -421,6 +437,10 @@ def run_with_kill(
     try:
         if watcher.wait_for("round_started", timeout) is None:
             raise DeploymentError(f"round {kill_round} did not start within {timeout:.0f} s; see {log_path}")
+        # The log stream can lag behind the run, so the kill waits until the
+        # site is seen handling the round's message, not only for the log line.
+        if not federation.wait_for_clientapp(kill_site, timeout=min(timeout, 120.0)):
+            logger.warning("site %s: no ClientApp process seen in round %d; killing it anyway", kill_site, kill_round)
         time.sleep(kill_delay)
         killed = federation.kill_site(kill_site)
         restarted = None
