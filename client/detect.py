@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import io
 import json
 import logging
 import os
@@ -64,6 +63,7 @@ from common.loading import (
     delimiter_hint,
     iter_flow_csv,
     map_labels,
+    parse_flow_text,
     read_flow_csv,
 )
 
@@ -707,19 +707,12 @@ def _parse_lines(header: bytes, lines: bytes, path: Path, rows_before: int = 0) 
     with empty values, as :func:`common.loading.read_flow_csv` pads them.
     """
     names = [name.strip() for name in header.decode("utf-8", errors="replace").rstrip("\r\n").split(",")]
-    frame: pd.DataFrame | None = None
-    try:
-        # Without names, the parser rejects a row with more fields than the first;
-        # with names it would silently turn the extra fields into an index.
-        parsed = pd.read_csv(io.BytesIO(lines), header=None, dtype=str, na_filter=False, encoding="utf-8")
-        if parsed.shape[1] == len(names):
-            frame = parsed
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError):
-        frame = None
     bad_rows: list[int] = []
-    if frame is None:
+    try:
+        frame = parse_flow_text(header + lines, path, rows_before)
+    except DataValidationError:
         frame = _parse_lines_one_by_one(lines, len(names), bad_rows)
-    frame.columns = pd.Index(names)
+        frame.columns = pd.Index(names)
     repeated_header = (frame.to_numpy(dtype=object) == np.array(names, dtype=object)).all(axis=1)
     if repeated_header.any():
         frame.loc[repeated_header, :] = ""

@@ -290,7 +290,7 @@ def iter_flow_csv(path: str | os.PathLike[str], chunk_bytes: int = DEFAULT_CHUNK
                 if not header.endswith(b"\n"):
                     header += b"\n"
             if complete.strip():
-                chunk = _parse_text_rows(header + complete, path, rows_read)
+                chunk = parse_flow_text(header + complete, path, rows_read)
                 rows_read += len(chunk)
                 if len(chunk):
                     yield chunk
@@ -325,8 +325,18 @@ def _first_record_end(data: bytes) -> int:
     return len(data)
 
 
-def _parse_text_rows(text: bytes, path: Path, rows_before: int) -> pd.DataFrame:
-    """Parse a header line and the records after it with every value as text."""
+def parse_flow_text(text: bytes, path: Path, rows_before: int = 0) -> pd.DataFrame:
+    """Parse a header line and the records after it as :func:`read_flow_csv` parses a whole file.
+
+    ``path`` names the source in messages, and ``rows_before`` counts the
+    data rows that came before ``text`` in it.
+
+    Raises
+    ------
+    DataValidationError
+        If the text is not UTF-8 CSV, a row has more fields than the header,
+        or two header names are equal after stripping whitespace.
+    """
     try:
         with _csv_errors(path):
             raw = _read_text_with_arrow(io.BytesIO(text), None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import psutil
@@ -28,3 +29,28 @@ def wait_until_gone(tag: str, seconds: float = 30.0) -> set[int]:
     while tagged_pids(tag) and time.monotonic() < deadline:
         time.sleep(1)
     return tagged_pids(tag)
+
+
+def signal_after_line(
+    process: subprocess.Popen[str], marker: str, signum: int, *, wait_seconds: float, read_seconds: float = 900.0
+) -> str:
+    """Send ``signum`` once ``process`` prints a line containing ``marker``, then return the rest of its output.
+
+    The output is read while the process shuts down, because a full pipe
+    would block it. The signal is sent anyway after ``read_seconds``.
+    Raises subprocess.TimeoutExpired, after killing the process, when it
+    has not ended ``wait_seconds`` after the signal.
+    """
+    assert process.stdout is not None
+    started = time.monotonic()
+    for line in process.stdout:
+        if marker in line or time.monotonic() - started > read_seconds:
+            break
+    process.send_signal(signum)
+    try:
+        output, _ = process.communicate(timeout=wait_seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise
+    return output

@@ -24,6 +24,7 @@ from common.config import DatasetConfig
 from common.exceptions import ConfigError
 from simulations.baselines import run_baselines
 from simulations.centralized import main
+from tests.process_helpers import signal_after_line
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 SCRIPT = Path("simulations") / "centralized.py"
@@ -555,17 +556,8 @@ def test_cli_signal_stops_without_traceback(wustl_path: Path, tmp_path: Path, si
         stderr=subprocess.STDOUT,
         text=True,
     )
-    assert process.stdout is not None
-    for line in process.stdout:
-        if "resample:" in line:  # training is about to start
-            break
-    process.send_signal(signum)
-    try:
-        output, _ = process.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.communicate()
-        raise
+    # Training starts right after the resampling line.
+    output = signal_after_line(process, "resample:", signum, wait_seconds=120)
 
     assert process.returncode == 128 + signum, output[-2000:]
     assert "metrics.json was not written" in output

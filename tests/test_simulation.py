@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from common.preprocessing import FeatureStatistics, Preprocessor
 from common.site import site_split
 from server.registry import Registry
 from server.signing import generate_keypair
-from tests.process_helpers import TAG_ENV, wait_until_gone
+from tests.process_helpers import TAG_ENV, signal_after_line, wait_until_gone
 
 ROOT = Path(__file__).resolve().parent.parent
 SIMULATE = ROOT / "simulations" / "simulate.py"
@@ -237,34 +236,29 @@ def test_signal_stops_simulation_cleanly(
         stderr=subprocess.STDOUT,
         text=True,
     )
-    assert process.stdout is not None
-    started = time.monotonic()
-    for line in process.stdout:
-        if "round 1:" in line or time.monotonic() - started > RUN_TIMEOUT_SECONDS:
-            break
-    process.send_signal(signum)
-    # Keep reading the output while the run shuts down: a full pipe would block it.
-    try:
-        output, _ = process.communicate(timeout=90)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.communicate()
-        raise
+    output = signal_after_line(process, "round 1:", signum, wait_seconds=90, read_seconds=RUN_TIMEOUT_SECONDS)
+
     assert process.returncode == 128 + signum, output[-3000:]
     leftover = wait_until_gone(tag)
     assert not leftover, [psutil.Process(pid).cmdline() for pid in leftover if psutil.pid_exists(pid)]
 
 
-def test_simulation_rejects_missing_signing_key(tmp_path: Path, wustl_path: Path) -> None:
-    completed = subprocess.run(
-        [sys.executable, str(SIMULATE), "--dataset", "wustl-ehms-2020", "--sites", "2",
-         "--signing-key", str(tmp_path / "absent.key"), "--out", str(tmp_path / "out")],
+def _run_simulate(data_dir: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
+    """Run simulate.py for WUSTL-EHMS-2020 with 2 sites and ``arguments``, as a user would."""
+    return subprocess.run(
+        [sys.executable, str(SIMULATE), "--dataset", "wustl-ehms-2020", "--sites", "2", *arguments],
         cwd=ROOT,
-        env=_environment(wustl_path.parent.parent),
+        env=_environment(data_dir),
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
+    )
+
+
+def test_simulation_rejects_missing_signing_key(tmp_path: Path, wustl_path: Path) -> None:
+    completed = _run_simulate(
+        wustl_path.parent.parent, "--signing-key", str(tmp_path / "absent.key"), "--out", str(tmp_path / "out")
     )
 
     assert completed.returncode == 2
@@ -275,16 +269,8 @@ def test_simulation_rejects_missing_signing_key(tmp_path: Path, wustl_path: Path
 
 
 def test_simulation_rejects_bad_site_file_argument(tmp_path: Path, wustl_path: Path) -> None:
-    completed = subprocess.run(
-        [sys.executable, str(SIMULATE), "--dataset", "wustl-ehms-2020", "--sites", "2",
-         "--site-file", "5=missing.csv", "--out", str(tmp_path)],
-        cwd=ROOT,
-        env=_environment(wustl_path.parent.parent),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    completed = _run_simulate(wustl_path.parent.parent, "--site-file", "5=missing.csv", "--out", str(tmp_path))
+
     assert completed.returncode == 2
     assert "--site-file index 5 is out of range for 2 sites" in completed.stderr
     assert "Traceback" not in completed.stderr
