@@ -227,9 +227,9 @@ def read_flow_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
     return frame
 
 
-#: Bytes of CSV text per chunk of :func:`iter_flow_csv` (about 70,000 WUSTL-EHMS-2020 rows).
+#: Bytes of CSV text per chunk of :func:`iter_flow_csv` (an estimated 69,000 WUSTL-EHMS-2020 rows of 242 bytes).
 DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
-#: Longest record that :func:`iter_flow_csv` accepts. Flow records are a few hundred bytes.
+#: Maximum bytes of one record in :func:`iter_flow_csv`. Flow records are a few hundred bytes.
 MAX_RECORD_BYTES = 16 * 1024 * 1024
 
 

@@ -618,7 +618,7 @@ def test_upload_oversize_file(app: Flask, admin: FlaskClient, caplog: pytest.Log
 def test_served_oversize_upload_gets_app_page(
     app: Flask, admin: FlaskClient, declared_bytes: int, send_body: bool
 ) -> None:
-    # Waitress rejects a body over its own limit (the app's limit + 1 MiB) before the app sees it.
+    # Waitress rejects a body over its own limit (the app's limit + 1 MiB) before the app receives it.
     settings = dataclasses.replace(web_state(app).settings, port=0)
     server = create_wsgi_server(app, settings)
     thread = threading.Thread(target=server.run, daemon=True)
