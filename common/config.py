@@ -9,6 +9,7 @@ another flow exporter means adding a file under ``configs/``, not code.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import tomllib
@@ -108,6 +109,11 @@ class ModelConfig:
     ``"none"``, ``"layer"`` (per-sample layer normalisation, which keeps no
     running statistics and therefore merges across sites like any other
     weight) or ``"batch"`` (batch normalisation).
+
+    ``per_flow`` holds ``(name, value)`` pairs that replace layer settings
+    when W = 1. With one flow per sample the convolution and the LSTM run
+    along the flow's features, not along time, so that network can be sized
+    on its own; :meth:`for_window` applies the pairs.
     """
 
     conv_filters: int = 64
@@ -118,6 +124,13 @@ class ModelConfig:
     dropout: float = 0.3
     learning_rate: float = 1e-3
     normalization: str = "none"
+    per_flow: tuple[tuple[str, Any], ...] = ()
+
+    def for_window(self, window: int) -> ModelConfig:
+        """Return the settings of the network for windows of ``window`` flows."""
+        if window != 1 or not self.per_flow:
+            return self
+        return dataclasses.replace(self, **dict(self.per_flow), per_flow=())
 
 
 @dataclass(frozen=True)
@@ -544,8 +557,21 @@ def _parse_split(table: _Reader) -> SplitConfig:
     return split
 
 
-def _parse_model(table: _Reader) -> ModelConfig:
-    defaults = ModelConfig()
+#: Keys of ``[model]`` that ``[model.per_flow]`` may replace: the layers, not the optimiser.
+PER_FLOW_KEYS: tuple[str, ...] = (
+    "conv_filters",
+    "kernel_size",
+    "pool_size",
+    "lstm_units",
+    "dense_units",
+    "dropout",
+    "normalization",
+)
+
+
+def _parse_model(table: _Reader, defaults: ModelConfig | None = None) -> ModelConfig:
+    per_flow_table = table.table_of("per_flow", required=False) if defaults is None else None
+    defaults = defaults or ModelConfig()
     dropout = table.fraction("dropout", defaults.dropout, low_inclusive=True)
     learning_rate = float(table.get("learning_rate", (int, float), defaults.learning_rate))
     if not learning_rate > 0:
@@ -564,6 +590,17 @@ def _parse_model(table: _Reader) -> ModelConfig:
         normalization=normalization,
     )
     table.reject_unknown()
+    if per_flow_table is not None and per_flow_table.table:
+        # Parsed like [model] itself, starting from its values, so each key gets the same checks.
+        not_layers = sorted(set(per_flow_table.table) - set(PER_FLOW_KEYS))
+        if not_layers:
+            raise ConfigError(
+                f"{table.path}: key(s) {[per_flow_table.key(name) for name in not_layers]} cannot be "
+                f"set per flow; choose from {list(PER_FLOW_KEYS)}"
+            )
+        sized = _parse_model(per_flow_table, defaults=model)
+        pairs = tuple((name, getattr(sized, name)) for name in PER_FLOW_KEYS if name in per_flow_table.table)
+        model = dataclasses.replace(model, per_flow=pairs)
     return model
 
 

@@ -121,7 +121,8 @@ def build_cnn_lstm(
 def build_model_from_config(
     n_features: int, window: int, n_classes: int, config: ModelConfig
 ) -> keras.Model:
-    """Build the CNN-LSTM with the layer sizes of a dataset configuration."""
+    """Build the CNN-LSTM with a dataset configuration's layer sizes for windows of ``window`` flows."""
+    config = config.for_window(window)
     return build_cnn_lstm(
         n_features,
         window,

@@ -154,6 +154,29 @@ def test_config_normalization_and_monitor_read(tmp_path: Path) -> None:
     assert config.training.monitor_min_support == 0
 
 
+def test_config_per_flow_sizes_at_w1(tmp_path: Path) -> None:
+    text = edited(
+        "[training]\n",
+        "[model]\nlstm_units = 48\npool_size = 2\n\n[model.per_flow]\npool_size = 4\nlstm_units = 16\n\n[training]\n",
+    )
+
+    model = load_dataset_config(write_config(tmp_path, text)).model
+
+    assert model.per_flow == (("pool_size", 4), ("lstm_units", 16))
+    per_flow = model.for_window(1)
+    assert (per_flow.pool_size, per_flow.lstm_units, per_flow.per_flow) == (4, 16, ())
+    # Keys the table leaves out keep the [model] values, and longer windows keep all of them.
+    assert per_flow.conv_filters == model.conv_filters
+    assert model.for_window(8) is model
+
+
+def test_config_per_flow_absent(tmp_path: Path) -> None:
+    model = load_dataset_config(write_config(tmp_path, VALID)).model
+
+    assert model.per_flow == ()
+    assert model.for_window(1) is model
+
+
 def test_config_name_looked_up_in_folder(tmp_path: Path) -> None:
     write_config(tmp_path, VALID, name="toy.toml")
     config = load_dataset_config("toy", config_dir=tmp_path)
@@ -229,6 +252,21 @@ WRONG_VALUES = [
     ('numeric = ["Bytes", "Dur"]', 'numeric = ["Bytes", "Bytes"]', r"'features.numeric' repeats \['Bytes'\]"),
     ("[training]\n", '[model]\nnormalization = "group"\n\n[training]\n', r"'model.normalization' must be one of"),
     ("[training]\n", '[training]\nmonitor = "val_f1"\n', r"'training.monitor' must be one of"),
+    (
+        "[training]\n",
+        "[model.per_flow]\nlstm_units = 0\n\n[training]\n",
+        r"'model.per_flow.lstm_units' must be at least 1",
+    ),
+    (
+        "[training]\n",
+        "[model.per_flow]\nlearning_rate = 0.1\n\n[training]\n",
+        r"'model.per_flow.learning_rate'\] cannot be set per flow",
+    ),
+    (
+        "[training]\n",
+        '[model.per_flow]\nnormalization = "group"\n\n[training]\n',
+        r"'model.per_flow.normalization' must",
+    ),
     ("[training]\n", "[training]\noversample_max_ratio = 0.5\n", r"'training.oversample_max_ratio' must be 0"),
     ("[training]\n", "[training]\nlocal_epochs = 0\n", r"'training.local_epochs' must be at least 1"),
     ("[training]\n", "[training]\nmonitor_min_support = -1\n", r"'training.monitor_min_support' must be 0"),

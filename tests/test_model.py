@@ -175,6 +175,22 @@ def test_build_model_from_config_normalization() -> None:
     assert isinstance(model.get_layer("normalization"), keras.layers.LayerNormalization)
 
 
+def test_build_model_per_flow_sizes() -> None:
+    config = ModelConfig(
+        conv_filters=4, pool_size=2, lstm_units=6, dense_units=4, per_flow=(("pool_size", 4), ("lstm_units", 3))
+    )
+
+    per_flow = build_model_from_config(12, 1, 2, config)
+    windowed = build_model_from_config(12, 8, 2, config)
+
+    assert per_flow.get_layer("pool").pool_size == (4,)
+    assert per_flow.get_layer("lstm").units == 3
+    # 12 features pooled by 4 leave 3 LSTM steps at W = 1.
+    assert per_flow.get_layer("pool").output.shape[1] == 3
+    assert windowed.get_layer("pool").pool_size == (2,)
+    assert windowed.get_layer("lstm").units == 6
+
+
 def test_set_weights_round_trip() -> None:
     source = build_cnn_lstm(5, 4, 2, **TINY)
     target = build_cnn_lstm(5, 4, 2, **TINY)
