@@ -76,6 +76,9 @@ WINDOWS_PER_STEP = 65_536
 #: Decimal places of probabilities in the predictions CSV.
 PROBABILITY_DECIMALS = 6
 
+#: Seconds between the WARNINGs that --follow logs while its input file does not exist.
+MISSING_INPUT_WARNING_SECONDS = 60.0
+
 #: Exit status of a successful run, also when SIGINT or SIGTERM ends --follow.
 EXIT_OK = 0
 
@@ -625,16 +628,20 @@ def follow_chunks(
     ``idle_timeout`` seconds without a new line (0 waits for ever) or when
     SIGINT or SIGTERM arrives.
 
+    A file that does not exist yet is waited for (also at most
+    ``idle_timeout`` seconds), because an exporter may create it after
+    detection starts.
+
     Raises
     ------
     DataFileNotFoundError
-        If the file does not exist.
+        If the file's folder does not exist.
     DataValidationError
-        If the file is gzip-compressed, shrinks (truncated in place), or is
-        replaced by a file with another header.
+        If the path is a folder, or the file is gzip-compressed, shrinks
+        (truncated in place), or is replaced by a file with another header.
     """
-    if not path.is_file():
-        raise DataFileNotFoundError(f"input file not found: {path}")
+    if not _wait_for_file(path, poll_seconds=poll_seconds, idle_timeout=idle_timeout):
+        return
     header = b""
     rows_before = 0
     last_data = time.monotonic()
@@ -689,6 +696,31 @@ def follow_chunks(
                 time.sleep(poll_seconds)
         if not replaced:
             return
+
+
+def _wait_for_file(path: Path, *, poll_seconds: float, idle_timeout: float) -> bool:
+    """Wait until ``path`` exists; return ``False`` when ``idle_timeout`` passes or a stop signal arrives first."""
+    if path.is_file():
+        return True
+    if path.exists():
+        raise DataValidationError(f"--input {path} is not a regular file; give the CSV file the exporter writes")
+    if not path.parent.is_dir():
+        raise DataFileNotFoundError(f"input folder not found: {path.parent}; check --input")
+    logger.warning("follow: %s not found; waiting for it to be created (check --input if it never is)", path)
+    started = last_warning = time.monotonic()
+    while not _Stop.requested:
+        time.sleep(poll_seconds)
+        if path.is_file():
+            logger.info("follow: %s was created; reading it", path)
+            return True
+        now = time.monotonic()
+        if idle_timeout > 0 and now - started >= idle_timeout:
+            logger.info("follow: %s was not created within %.0f s, stopping", path, idle_timeout)
+            return False
+        if now - last_warning >= MISSING_INPUT_WARNING_SECONDS:
+            logger.warning("follow: still waiting for %s after %.0f s", path, now - started)
+            last_warning = now
+    return False
 
 
 def _stat_or_none(path: Path) -> os.stat_result | None:

@@ -8,11 +8,13 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pandas as pd
@@ -379,6 +381,50 @@ def test_detect_follow_scores_appended_rows(onnx_bundle: tuple[Path, Path], tmp_
     assert "detect: scored 7 of 8 flows" in stdout
 
 
+def _collect_lines(stream: IO[str], lines: list[str]) -> None:
+    """Append each line of ``stream`` to ``lines`` as it arrives, so another thread can watch them."""
+    for line in stream:
+        lines.append(line)
+
+
+def test_detect_follow_waits_for_input(onnx_bundle: tuple[Path, Path], tmp_path: Path) -> None:
+    bundle_path, public_key = onnx_bundle
+    traffic, predictions = tmp_path / "live.csv", tmp_path / "predictions.csv"
+    process = subprocess.Popen(
+        _detect_command(
+            "--model", str(bundle_path), "--public-key", str(public_key), "--input", str(traffic),
+            "--out", str(predictions), "--follow", "--poll-seconds", "0.1", "--idle-timeout", "30",
+        ),
+        cwd=ROOT, env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert process.stderr is not None and process.stdout is not None
+    stderr_lines: list[str] = []
+    reader = threading.Thread(target=_collect_lines, args=(process.stderr, stderr_lines))
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not any("waiting for it to be created" in line for line in stderr_lines) and time.monotonic() < deadline:
+            assert process.poll() is None, "".join(stderr_lines)
+            time.sleep(0.1)
+        traffic.write_text(toy_frame([1, 9, 9, 1], labels=["0"] * 4).to_csv(index=False))
+        _wait_for_rows(predictions, 3, process)
+        process.send_signal(signal.SIGINT)
+        stdout = process.stdout.read()
+        process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        reader.join()
+
+    stderr = "".join(stderr_lines)
+    assert process.returncode == 0, stderr
+    assert "waiting for it to be created" in stderr
+    assert "was created" in stderr
+    assert pd.read_csv(predictions)["row"].tolist() == [1, 2, 3]
+    assert "detect: scored 3 of 4 flows" in stdout
+
+
 def test_follow_file_alerts_across_batches(
     bundle_w1: Bundle, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -573,6 +619,42 @@ def test_follow_chunks_waits_for_complete_lines(tmp_path: Path) -> None:
 
     assert len(frames) == 1
     assert frames[0].to_dict("records") == [{"a": "1", "b": "2", "flag": "x"}]
+
+
+def test_follow_chunks_waits_for_missing_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    traffic = tmp_path / "live.csv"
+
+    def create() -> None:
+        time.sleep(0.4)
+        traffic.write_text("a,b,flag\n1,2,x\n")
+
+    creator = threading.Thread(target=create)
+    creator.start()
+    with caplog.at_level(logging.INFO, logger="client.detect"):
+        frames = list(follow_chunks(traffic, poll_seconds=0.05, idle_timeout=3.0))
+    creator.join()
+
+    assert pd.concat(frames, ignore_index=True).to_dict("records") == [{"a": "1", "b": "2", "flag": "x"}]
+    assert "waiting for it to be created" in caplog.text
+    assert "was created" in caplog.text
+
+
+def test_follow_chunks_missing_file_idle_timeout(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="client.detect"):
+        frames = list(follow_chunks(tmp_path / "never.csv", poll_seconds=0.01, idle_timeout=0.1))
+
+    assert frames == []
+    assert "was not created within" in caplog.text
+
+
+def test_follow_chunks_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(DataFileNotFoundError, match=r"input folder not found: .*absent; check --input"):
+        list(follow_chunks(tmp_path / "absent" / "live.csv", poll_seconds=0.01, idle_timeout=0.1))
+
+
+def test_follow_chunks_rejects_folder(tmp_path: Path) -> None:
+    with pytest.raises(DataValidationError, match="is not a regular file"):
+        list(follow_chunks(tmp_path, poll_seconds=0.01, idle_timeout=0.1))
 
 
 def test_follow_chunks_rejects_gzip(tmp_path: Path) -> None:
