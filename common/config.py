@@ -590,6 +590,9 @@ def _parse_model(table: _Reader, defaults: ModelConfig | None = None) -> ModelCo
         normalization=normalization,
     )
     table.reject_unknown()
+    if per_flow_table is not None and "per_flow" in table.table and not per_flow_table.table:
+        # An empty table changes nothing, so it is most likely a header whose keys were lost.
+        raise table.fail("per_flow", f"is an empty table; set at least one of {list(PER_FLOW_KEYS)} or remove it")
     if per_flow_table is not None and per_flow_table.table:
         # Parsed like [model] itself, starting from its values, so each key gets the same checks.
         not_layers = sorted(set(per_flow_table.table) - set(PER_FLOW_KEYS))

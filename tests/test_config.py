@@ -267,6 +267,7 @@ WRONG_VALUES = [
         '[model.per_flow]\nnormalization = "group"\n\n[training]\n',
         r"'model.per_flow.normalization' must",
     ),
+    ("[training]\n", "[model.per_flow]\n\n[training]\n", r"'model.per_flow' is an empty table; set at least one"),
     ("[training]\n", "[training]\noversample_max_ratio = 0.5\n", r"'training.oversample_max_ratio' must be 0"),
     ("[training]\n", "[training]\nlocal_epochs = 0\n", r"'training.local_epochs' must be at least 1"),
     ("[training]\n", "[training]\nmonitor_min_support = -1\n", r"'training.monitor_min_support' must be 0"),
