@@ -8,12 +8,15 @@ average of the sites' F1.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
+
+logger = logging.getLogger(__name__)
 
 #: Bins of the score histograms that sites send instead of raw scores. With
 #: 1,000 equal bins on [0, 1] the ROC-AUC from histograms matches the exact
@@ -127,6 +130,12 @@ def _scores_from_confusion(
     false_alarms = normal_total - int(confusion[normal_index, normal_index])
     attack_precision = _safe_ratio(caught, alerts)
     attack_recall = _safe_ratio(caught, true_attack)
+    if total and not true_attack:
+        logger.warning(
+            "metrics: none of the %d scored samples is an attack, so attack recall and F1 are 0 by "
+            "convention and say nothing about detection; score on data that holds attacks",
+            total,
+        )
 
     if n_classes == 2:
         attack_class = classes[attack[0]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +197,27 @@ def test_classification_metrics_single_class_no_auc(y_true: np.ndarray, classes:
 
     assert metrics["roc_auc"] is None
     assert from_counts["roc_auc"] is None
+
+
+def test_classification_metrics_no_attack_warns(caplog: pytest.LogCaptureFixture) -> None:
+    y_true = np.array([0, 0, 0])
+    proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]])
+
+    with caplog.at_level(logging.WARNING, logger="common.metrics"):
+        metrics = classification_metrics(y_true, proba, BINARY, "normal")
+        metrics_from_counts(confusion_counts(y_true, proba.argmax(axis=1), 2), None, BINARY, "normal")
+
+    assert metrics["f1"] == 0.0
+    assert metrics["fpr"] == pytest.approx(1 / 3)
+    assert caplog.text.count("none of the 3 scored samples is an attack") == 2
+
+
+def test_classification_metrics_with_attack_no_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="common.metrics"):
+        classification_metrics(np.array([0, 1]), np.array([[0.9, 0.1], [0.2, 0.8]]), BINARY, "normal")
+        classification_metrics(np.empty(0), np.empty((0, 2)), BINARY, "normal")
+
+    assert caplog.text == ""
 
 
 def test_classification_metrics_no_normal_fpr_none() -> None:
