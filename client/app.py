@@ -244,6 +244,7 @@ def train(msg: Message, context: Context) -> Message:
         prepared.y_train,
         epochs=config_value(config, "local-epochs", int),
         batch_size=config_value(config, "batch-size", int),
+        proximal_mu=config_value(config, "proximal-mu", float),
         seed=seed,
     )
     seconds = time.perf_counter() - started

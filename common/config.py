@@ -147,7 +147,9 @@ class TrainingConfig:
     SMOTE, so a class of n training windows grows to at most
     ``ceil(ratio * n)``. The default 0 balances every class to the majority count.
     ``local_epochs`` is the epochs each site trains per federated round
-    when the simulation command does not set it.
+    and ``proximal_mu`` the strength of the FedProx proximal term in that
+    training (0 is plain FedAvg), both when the simulation command does not
+    set them.
     W = 1 is the only valid choice for data without capture order.
     """
 
@@ -161,6 +163,7 @@ class TrainingConfig:
     smote_k_neighbors: int = 5
     oversample_max_ratio: float = 0.0
     local_epochs: int = 2
+    proximal_mu: float = 0.0
     seed: int = 42
 
 
@@ -619,6 +622,9 @@ def _parse_training(table: _Reader) -> TrainingConfig:
     if monitor not in MONITORS:
         raise table.fail("monitor", f"must be one of {list(MONITORS)}, got {monitor!r}")
     min_support = table.get("monitor_min_support", int, defaults.monitor_min_support)
+    proximal_mu = float(table.get("proximal_mu", (int, float), defaults.proximal_mu))
+    if not (math.isfinite(proximal_mu) and proximal_mu >= 0):
+        raise table.fail("proximal_mu", f"must be 0 (plain FedAvg) or positive, got {proximal_mu}")
     if min_support < 0:
         raise table.fail("monitor_min_support", f"must be 0 (all classes) or positive, got {min_support}")
     training = TrainingConfig(
@@ -632,6 +638,7 @@ def _parse_training(table: _Reader) -> TrainingConfig:
         smote_k_neighbors=table.positive_int("smote_k_neighbors", defaults.smote_k_neighbors),
         oversample_max_ratio=max_ratio,
         local_epochs=table.positive_int("local_epochs", defaults.local_epochs),
+        proximal_mu=proximal_mu,
         seed=table.get("seed", int, defaults.seed),
     )
     table.reject_unknown()

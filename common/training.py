@@ -79,6 +79,35 @@ class ValidationMacroF1(keras.callbacks.Callback):
         logs["val_macro_f1"] = macro_f1(self.y_val, np.asarray(proba).argmax(axis=1), self.min_support)
 
 
+class ProximalStep(keras.callbacks.Callback):
+    """Pull the trainable weights towards the weights they had when training began, after every batch.
+
+    This is the proximal term of FedProx (Li et al., "Federated Optimization
+    in Heterogeneous Networks", MLSys 2020): a site minimises its loss plus
+    ``mu / 2 * ||w - w_global||^2``, so that sites with very different label
+    mixes drift less far from the global model within one round. The term's
+    gradient ``mu * (w - w_global)`` is applied as a separate step
+    ``w -= learning_rate * mu * (w - w_global)`` after the optimiser's step,
+    as AdamW applies weight decay, so Adam's per-weight scaling does not
+    change its strength.
+    """
+
+    def __init__(self, mu: float) -> None:
+        super().__init__()
+        if not (mu >= 0 and np.isfinite(mu)):
+            raise ValueError(f"mu must be a finite number >= 0, got {mu}")
+        self.mu = mu
+        self._anchors: list[np.ndarray] = []
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._anchors = [np.array(variable.numpy()) for variable in self.model.trainable_variables]
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)) * self.mu
+        for variable, anchor in zip(self.model.trainable_variables, self._anchors, strict=True):
+            variable.assign(variable - rate * (variable - anchor))
+
+
 def fit_model(
     model: keras.Model,
     X_train: np.ndarray,
@@ -91,6 +120,7 @@ def fit_model(
     patience: int | None = None,
     monitor: str = "val_loss",
     monitor_min_support: int = 0,
+    proximal_mu: float = 0.0,
     seed: int = 42,
     verbose: int = 0,
 ) -> dict[str, list[float]]:
@@ -114,6 +144,10 @@ def fit_model(
         validation windows can move the score by ``1 / n_classes`` in one
         epoch, so early stopping could keep an epoch that got those few
         windows right by chance.
+    proximal_mu : float, default=0.0
+        Strength of the FedProx proximal term that keeps the weights near
+        the ones the model had before this call (see :class:`ProximalStep`);
+        0 trains without it.
     seed : int
         Shuffling seed.
 
@@ -126,11 +160,14 @@ def fit_model(
     Raises
     ------
     ValueError
-        If ``monitor`` is not one of :data:`MONITOR_MODES`.
+        If ``monitor`` is not one of :data:`MONITOR_MODES` or ``proximal_mu``
+        is negative or not finite.
     """
     if monitor not in MONITOR_MODES:
         raise ValueError(f"monitor must be one of {list(MONITOR_MODES)}, got {monitor!r}")
-    callbacks: list[Any] = []
+    if not (proximal_mu >= 0 and np.isfinite(proximal_mu)):
+        raise ValueError(f"proximal_mu must be a finite number >= 0, got {proximal_mu}")
+    callbacks: list[Any] = [ProximalStep(proximal_mu)] if proximal_mu > 0 else []
     validation = None
     if X_val is not None and y_val is not None and len(y_val) > 0:
         validation = (X_val, y_val)

@@ -32,6 +32,7 @@ DEFAULTS: dict[str, int | float | str] = {
     "local-epochs": 1,
     "batch-size": 256,
     "learning-rate": 0.001,
+    "proximal-mu": 0.0,
     "min-sites": 2,
     "round-timeout": 600.0,
     "node-wait-timeout": 120.0,
@@ -72,6 +73,7 @@ class FederationSettings:
     local_epochs: int
     batch_size: int
     learning_rate: float
+    proximal_mu: float
     min_sites: int
     round_timeout: float
     node_wait_timeout: float
@@ -151,6 +153,7 @@ class FederationSettings:
             local_epochs=_integer(values, "local-epochs", minimum=1),
             batch_size=_integer(values, "batch-size", minimum=1),
             learning_rate=_number(values, "learning-rate", low=0.0, low_inclusive=False),
+            proximal_mu=_number(values, "proximal-mu", low=0.0, low_inclusive=True),
             min_sites=_integer(values, "min-sites", minimum=1),
             round_timeout=_number(values, "round-timeout", low=0.0, low_inclusive=False),
             node_wait_timeout=_number(values, "node-wait-timeout", low=0.0, low_inclusive=False),
@@ -184,6 +187,7 @@ class FederationSettings:
             "local-epochs": self.local_epochs,
             "batch-size": self.batch_size,
             "learning-rate": self.learning_rate,
+            "proximal-mu": self.proximal_mu,
             "data-dir": self.data_dir,
             "site-dir": self.site_dir,
             "partition": self.partition,

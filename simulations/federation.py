@@ -491,6 +491,7 @@ def run_simulation_comparison(
         "--rounds", str(settings["num-rounds"]),
         "--window", str(settings["window"]),
         "--local-epochs", str(settings["local-epochs"]),
+        "--proximal-mu", str(settings["proximal-mu"]),
         "--min-sites", str(settings["min-sites"]),
         "--round-timeout", str(settings["round-timeout"]),
         "--seed", str(settings["seed"]),
@@ -532,6 +533,7 @@ def build_run_config(args: argparse.Namespace, checkpoint_dir: Path, run_name: s
         "num-rounds": args.rounds,
         "window": args.window or config.training.window,
         "local-epochs": args.local_epochs,
+        "proximal-mu": args.proximal_mu,
         "batch-size": config.training.batch_size,
         "learning-rate": config.model.learning_rate,
         "min-sites": args.min_sites or min(2, len(args.site)),
@@ -571,7 +573,7 @@ def _parse_sites(values: Sequence[str]) -> list[SiteSpec]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from simulations.arguments import positive_float, positive_int
+    from simulations.arguments import non_negative_float, positive_float, positive_int
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, help="dataset configuration name")
@@ -580,6 +582,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=positive_int, default=2, help="federated rounds (default: 2)")
     parser.add_argument("--window", type=positive_int, help="flows per window (default: the configuration's)")
     parser.add_argument("--local-epochs", type=positive_int, default=1, help="local epochs per round (default: 1)")
+    parser.add_argument(
+        "--proximal-mu",
+        type=non_negative_float,
+        default=0.0,
+        help="FedProx proximal term of the sites' training (default: 0, plain FedAvg)",
+    )
     parser.add_argument("--min-sites", type=positive_int, help="minimum sites per round (default: 2)")
     parser.add_argument(
         "--round-timeout", type=positive_float, default=120.0, help="seconds to wait for replies per phase"

@@ -79,7 +79,7 @@ def reexec_in_network_namespace(argv: Sequence[str]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from common.config import DATA_DIR_ENV
     from common.partition import PARTITION_MODES
-    from simulations.arguments import LOG_LEVELS, positive_float, positive_int
+    from simulations.arguments import LOG_LEVELS, non_negative_float, positive_float, positive_int
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, help="dataset configuration name (configs/NAME.toml) or path")
@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--local-epochs",
         type=positive_int,
         help="local epochs per round (default: the configuration's training.local_epochs)",
+    )
+    parser.add_argument(
+        "--proximal-mu",
+        type=non_negative_float,
+        help="FedProx proximal term of the sites' training, 0 for plain FedAvg "
+        "(default: the configuration's training.proximal_mu)",
     )
     parser.add_argument("--epochs", type=positive_int, help="epoch limit of the centralized and local-only models")
     parser.add_argument(
@@ -224,6 +230,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     seed = config.training.seed if args.seed is None else args.seed
     window = args.window or config.training.window
     local_epochs = args.local_epochs or config.training.local_epochs
+    proximal_mu = config.training.proximal_mu if args.proximal_mu is None else args.proximal_mu
     if not config.capture_order and window != 1:
         raise ConfigError(f"{config.name} has no capture order, so --window must be 1, got {window}")
     site_overrides = _parse_site_files(args.site_file, args.sites)
@@ -289,6 +296,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "num-rounds": args.rounds,
         "window": window,
         "local-epochs": local_epochs,
+        "proximal-mu": proximal_mu,
         "batch-size": config.training.batch_size,
         "learning-rate": config.model.learning_rate,
         "min-sites": min_sites,
@@ -353,6 +361,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "alpha": args.alpha if args.partition == "dirichlet" else None,
         "rounds": args.rounds,
         "local_epochs": local_epochs,
+        "proximal_mu": proximal_mu,
         "test_rows": len(split.rows("test")),
         "site_rows": site_rows,
         "site_files": [str(site_dir / f"site-{index}.csv") for index in range(args.sites)],

@@ -153,6 +153,8 @@ def test_settings_empty_run_name_becomes_timestamp() -> None:
         ("num-rounds", 0, r"'num-rounds' must be at least 1"),
         ("window", True, r"'window' must be an integer"),
         ("learning-rate", 0.0, r"'learning-rate' must be in \(0.0, inf\)"),
+        ("proximal-mu", -0.1, r"'proximal-mu' must be in \[0.0, inf\)"),
+        ("proximal-mu", math.inf, r"'proximal-mu' must be in \[0.0, inf\)"),
         ("fraction-train", 1.5, r"'fraction-train' must be in \(0.0, 1.0\]"),
         ("round-timeout", math.nan, r"'round-timeout' must be in"),
         ("partition", "random", r"'partition' must be one of"),
@@ -182,8 +184,8 @@ def test_settings_message_config_keys() -> None:
 
     assert sorted(config) == sorted(
         [
-            "dataset", "task", "window", "local-epochs", "batch-size", "learning-rate", "data-dir",
-            "site-dir", "partition", "alpha", "seed", "server-round",
+            "dataset", "task", "window", "local-epochs", "batch-size", "learning-rate", "proximal-mu",
+            "data-dir", "site-dir", "partition", "alpha", "seed", "server-round",
         ]
     )
     assert config["server-round"] == 3
@@ -239,6 +241,26 @@ def test_train_returns_weights_of_model_shape(wustl_rows: pd.DataFrame, tmp_path
     assert 0.0 <= float(metrics["train-accuracy"]) <= 1.0  # type: ignore[arg-type]
     changed = [not np.array_equal(arrays[key].numpy(), sent[key].numpy()) for key in sent]
     assert any(changed)
+
+
+def test_train_proximal_term_keeps_global_weights(wustl_rows: pd.DataFrame, tmp_path: Path) -> None:
+    path = write_site(wustl_rows, tmp_path)
+    preprocessor = federation_preprocessor(path, window=4)
+    sent = initial_arrays(preprocessor, load_dataset_config("wustl-ehms-2020"))
+    learning_rate = 0.01
+    # With mu = 1 / learning rate each proximal step moves the weights all the way back to the global ones.
+    config = message_config(
+        4,
+        preprocessing=json.dumps(preprocessor.to_dict()),
+        **{"learning-rate": learning_rate, "proximal-mu": 1 / learning_rate},
+    )
+
+    reply = train(server_message(MessageType.TRAIN, config, sent), site_context(path))
+
+    arrays = reply.content.array_records["arrays"]
+    for key in sent:
+        np.testing.assert_allclose(arrays[key].numpy(), sent[key].numpy(), atol=1e-6)
+    assert reply.content.metric_records["metrics"]["num-examples"] > 0  # type: ignore[operator]
 
 
 def test_evaluate_confusion_sums_to_test_windows(wustl_rows: pd.DataFrame, tmp_path: Path) -> None:

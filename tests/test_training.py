@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from common.model import build_cnn_lstm
-from common.training import fit_model, macro_f1
+from common.training import ProximalStep, fit_model, macro_f1
 
 
 def test_macro_f1_three_classes() -> None:
@@ -103,3 +103,56 @@ def test_fit_model_unknown_monitor_rejected() -> None:
 
     with pytest.raises(ValueError, match=r"monitor must be one of \['val_loss', 'val_macro_f1'\], got 'val_f1'"):
         fit_model(model, X, y, X, y, epochs=1, batch_size=8, patience=1, monitor="val_f1")
+
+
+def _toy_training_set(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.random((64, 1, 4)).astype(np.float32)
+    y = (X[:, 0, 0] > 0.5).astype(np.int64)
+    return X, y
+
+
+@pytest.mark.parametrize(("mu", "max_distance"), [(0.0, None), (10.0, 1e-6)])
+def test_fit_model_proximal_mu_limits_drift(mu: float, max_distance: float | None) -> None:
+    X, y = _toy_training_set()
+    model = build_cnn_lstm(4, 1, 2, conv_filters=4, lstm_units=4, dense_units=4, learning_rate=0.1)
+    start = [np.array(variable.numpy()) for variable in model.trainable_variables]
+
+    fit_model(model, X, y, epochs=2, batch_size=16, proximal_mu=mu)
+
+    # With learning rate 0.1 and mu 10 each proximal step returns the weights to where training began.
+    distance = max(
+        float(np.abs(variable.numpy() - before).max())
+        for variable, before in zip(model.trainable_variables, start, strict=True)
+    )
+    if max_distance is None:
+        assert distance > 1e-3
+    else:
+        assert distance < max_distance
+
+
+def test_fit_model_proximal_mu_drifts_less() -> None:
+    X, y = _toy_training_set(1)
+    free = build_cnn_lstm(4, 1, 2, conv_filters=4, lstm_units=4, dense_units=4, learning_rate=0.01)
+    pulled = keras.models.clone_model(free)
+    pulled.set_weights(free.get_weights())
+    pulled.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    start = [np.array(variable.numpy()) for variable in free.trainable_variables]
+
+    fit_model(free, X, y, epochs=3, batch_size=16, seed=3)
+    fit_model(pulled, X, y, epochs=3, batch_size=16, seed=3, proximal_mu=20.0)
+
+    def drift(model: keras.Model) -> float:
+        return float(
+            sum(np.sum((v.numpy() - s) ** 2) for v, s in zip(model.trainable_variables, start, strict=True))
+        )
+
+    assert 0 < drift(pulled) < drift(free)
+
+
+@pytest.mark.parametrize("mu", [-1.0, float("nan"), float("inf")])
+def test_proximal_step_invalid_mu(mu: float) -> None:
+    with pytest.raises(ValueError, match="mu must be a finite number >= 0"):
+        ProximalStep(mu)
+    with pytest.raises(ValueError, match="proximal_mu must be a finite number >= 0"):
+        fit_model(keras.Sequential(), np.zeros((1, 1, 1)), np.zeros(1), epochs=1, batch_size=1, proximal_mu=mu)
