@@ -351,13 +351,36 @@ class FlowDetector:
         )
 
     def _labels(self, frame: pd.DataFrame, positions: np.ndarray, source: str) -> np.ndarray:
+        values = frame[self.task.label_column].iloc[positions]
         try:
-            indices = map_labels(frame[self.task.label_column].iloc[positions], self.task, self.config, source)
-        except DataValidationError as error:
-            logger.warning("detect: the label column is left out of the predictions: %s", error)
-            return np.full(len(positions), "", dtype=object)
+            indices = map_labels(values, self.task, self.config, source)
+        except DataValidationError:
+            indices = self._labels_known_only(values, source)
         names = np.array([*self.classes, ""], dtype=object)
-        return names[indices]  # index -1 (missing label) picks the trailing ""
+        return names[indices]  # index -1 (missing or unknown label) picks the trailing ""
+
+    def _labels_known_only(self, values: pd.Series, source: str) -> np.ndarray:
+        """Map each label value on its own, so that only the rows with an unknown value lose their label."""
+        indices = np.full(len(values), -1, dtype=np.int64)
+        unknown: dict[str, int] = {}
+        for value in pd.unique(values):
+            matches = (values == value).to_numpy() if not pd.isna(value) else values.isna().to_numpy()
+            try:
+                indices[matches] = map_labels(values[matches].iloc[:1], self.task, self.config, source)[0]
+            except DataValidationError:
+                unknown[str(value).strip()] = int(matches.sum())
+        listed = ", ".join(f"{value!r} ({count})" for value, count in unknown.items())
+        logger.warning(
+            "detect: %d row(s) of %s have %r values that the model's task %r does not know: %s; their "
+            "label is left blank in the predictions (labels are only compared with the predictions, "
+            "never model inputs)",
+            sum(unknown.values()),
+            source,
+            self.task.label_column,
+            self.task.name,
+            listed,
+        )
+        return indices
 
     def _update_episodes(self, rows: np.ndarray, predicted: np.ndarray, attack_probability: np.ndarray) -> None:
         if len(predicted) == 0:

@@ -213,13 +213,17 @@ def test_detect_frame_scores_rows_with_infinities(bundle_w1: Bundle) -> None:
     assert result.predictions["predicted"].tolist() == ["normal", "attack", "normal"]
 
 
-def test_detect_frame_unknown_label_keeps_predictions(bundle_w1: Bundle) -> None:
-    frame = toy_frame([1, 9], labels=["0", "maybe"])
+def test_detect_frame_unknown_label_blanks_its_rows(bundle_w1: Bundle, caplog: pytest.LogCaptureFixture) -> None:
+    frame = toy_frame([1, 9, 9, 1], labels=["0", "maybe", "1", "maybe"])
 
-    result = detect_frame(bundle_w1, frame, predictor=LastFlowPredictor())
+    with caplog.at_level(logging.WARNING, logger="client.detect"):
+        result = detect_frame(bundle_w1, frame, predictor=LastFlowPredictor())
 
-    assert result.predictions["label"].tolist() == ["", ""]
-    assert result.predictions["predicted"].tolist() == ["normal", "attack"]
+    assert result.predictions["label"].tolist() == ["normal", "", "attack", ""]
+    assert result.predictions["predicted"].tolist() == ["normal", "attack", "attack", "normal"]
+    assert "2 row(s) of <frame> have 'Label' values that the model's task 'binary' does not know" in caplog.text
+    assert "'maybe' (2)" in caplog.text
+    assert "dataset.toml" not in caplog.text
 
 
 def test_detect_file_reads_gzip(bundle_w1: Bundle, tmp_path: Path) -> None:
