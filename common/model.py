@@ -12,6 +12,7 @@ class probabilities. The input is always a window of shape
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import keras
@@ -19,6 +20,8 @@ import numpy as np
 
 from common.config import NORMALIZATIONS, ModelConfig
 from common.exceptions import ModelMismatchError
+
+logger = logging.getLogger(__name__)
 
 
 def build_cnn_lstm(
@@ -99,6 +102,12 @@ def build_cnn_lstm(
     )(sequence)
     if sequence_length >= pool_size > 1:
         x = keras.layers.MaxPooling1D(pool_size, name="pool")(x)
+    elif pool_size > 1:
+        logger.warning(
+            "model: the sequence has %d step(s), fewer than pool_size %d, so the model has no pooling layer",
+            sequence_length,
+            pool_size,
+        )
     if normalization == "layer":
         x = keras.layers.LayerNormalization(name="normalization")(x)
     elif normalization == "batch":

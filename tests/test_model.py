@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -75,11 +76,14 @@ def test_build_cnn_lstm_window_convolves_time() -> None:
     ],
 )
 def test_build_cnn_lstm_pooling_skipped_short_sequence(
-    n_features: int, window: int, pool_size: int, has_pool: bool
+    n_features: int, window: int, pool_size: int, has_pool: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    model = build_cnn_lstm(n_features, window, 2, pool_size=pool_size, **TINY)
+    with caplog.at_level(logging.WARNING, logger="common.model"):
+        model = build_cnn_lstm(n_features, window, 2, pool_size=pool_size, **TINY)
 
     assert ("pool" in _layer_names(model)) is has_pool
+    # Pooling by 1 changes nothing, so only a real pool that is left out is reported.
+    assert ("no pooling layer" in caplog.text) is (not has_pool and pool_size > 1)
     proba = model.predict(np.zeros((2, window, n_features), dtype=np.float32), verbose=0)
     assert proba.shape == (2, 2)
 
