@@ -150,7 +150,9 @@ def load_model(folder: str | os.PathLike[str]) -> tuple[keras.Model, Preprocesso
 def _load_keras_model(path: Path, preprocessor: Preprocessor) -> keras.Model:
     import keras
 
-    model = keras.saving.load_model(path)
+    # Loaded models only predict or are exported. Without compile=False Keras
+    # also restores the optimizer and warns when the saved one was never used.
+    model = keras.saving.load_model(path, compile=False)
     expected_input = (preprocessor.window, preprocessor.n_features)
     expected_output = preprocessor.n_classes
     if tuple(model.input_shape[1:]) != expected_input or model.output_shape[-1] != expected_output:

@@ -373,7 +373,7 @@ class Registry:
             if model is None:
                 import keras
 
-                model = keras.saving.load_model(bundle_dir / MODEL_FILE)
+                model = keras.saving.load_model(bundle_dir / MODEL_FILE, compile=False)
             export_onnx(model, bundle_dir / ONNX_FILE)
         except ImportError as error:
             logger.warning("registry: %s is published without model.onnx: %s (pip install tf2onnx)", version, error)
