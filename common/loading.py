@@ -657,8 +657,8 @@ def _check_columns(
         for column in missing:
             matches = difflib.get_close_matches(column, unused, n=3, cutoff=0.6)
             if matches:
-                hints.append(f"{column!r} -> {' or '.join(repr(match) for match in matches)}")
-        did_you_mean = f" Did you mean {', '.join(hints)}?" if hints else ""
+                hints.append(f"for {column!r} the file has {' or '.join(repr(match) for match in matches)}")
+        did_you_mean = f" Similar unused names: {'; '.join(hints)}." if hints else ""
         raise DataValidationError(
             f"{source}: missing required column(s) {missing} for dataset {config.name!r}, "
             f"task {task.name!r}.{did_you_mean}{delimiter_hint(present)} Rename the file's columns or fix "
