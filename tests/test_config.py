@@ -152,6 +152,7 @@ def test_config_normalization_and_monitor_read(tmp_path: Path) -> None:
     assert config.training.oversample_max_ratio == 0.0
     assert config.training.local_epochs == 2
     assert config.training.monitor_min_support == 0
+    assert config.training.proximal_mu == 0.0
 
 
 def test_config_per_flow_sizes_at_w1(tmp_path: Path) -> None:
@@ -270,6 +271,8 @@ WRONG_VALUES = [
     ("[training]\n", "[model.per_flow]\n\n[training]\n", r"'model.per_flow' is an empty table; set at least one"),
     ("[training]\n", "[training]\noversample_max_ratio = 0.5\n", r"'training.oversample_max_ratio' must be 0"),
     ("[training]\n", "[training]\nlocal_epochs = 0\n", r"'training.local_epochs' must be at least 1"),
+    ("[training]\n", "[training]\nproximal_mu = -0.5\n", r"'training.proximal_mu' must be 0 \(plain FedAvg\)"),
+    ("[training]\n", "[training]\nproximal_mu = nan\n", r"'training.proximal_mu' must be 0 \(plain FedAvg\)"),
     ("[training]\n", "[training]\nmonitor_min_support = -1\n", r"'training.monitor_min_support' must be 0"),
     ("[training]\n", "[training]\nmonitor_min_support = 2.5\n", r"'training.monitor_min_support' must be an integer"),
     (
