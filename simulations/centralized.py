@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import time
@@ -376,4 +377,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if status in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        # An interrupt can leave TensorFlow's objects half torn down, and their
+        # destructors then print tracebacks at interpreter exit. Nothing is left to save.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)

@@ -101,15 +101,16 @@ def federation_preprocessor(site_path: Path, window: int) -> Preprocessor:
 
 
 def initial_arrays(preprocessor: Preprocessor, config: DatasetConfig) -> ArrayRecord:
+    sizes = config.model.for_window(preprocessor.window)
     model = build_cnn_lstm(
         preprocessor.n_features,
         preprocessor.window,
         preprocessor.n_classes,
-        conv_filters=config.model.conv_filters,
-        kernel_size=config.model.kernel_size,
-        pool_size=config.model.pool_size,
-        lstm_units=config.model.lstm_units,
-        dense_units=config.model.dense_units,
+        conv_filters=sizes.conv_filters,
+        kernel_size=sizes.kernel_size,
+        pool_size=sizes.pool_size,
+        lstm_units=sizes.lstm_units,
+        dense_units=sizes.dense_units,
     )
     return ArrayRecord(get_weights(model))
 
