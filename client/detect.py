@@ -230,6 +230,9 @@ class FlowDetector:
     _context: np.ndarray | None = None
     _open: _OpenEpisode | None = None
     _counts: np.ndarray | None = None
+    # Unknown label values already warned about, so that a --follow run or a
+    # file read in many chunks logs each value once instead of once per batch.
+    _reported_labels: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         preprocessor = self.bundle.preprocessor
@@ -369,12 +372,17 @@ class FlowDetector:
                 indices[matches] = map_labels(values[matches].iloc[:1], self.task, self.config, source)[0]
             except DataValidationError:
                 unknown[str(value).strip()] = int(matches.sum())
-        listed = ", ".join(f"{value!r} ({count})" for value, count in unknown.items())
+        new = {value: count for value, count in unknown.items() if value not in self._reported_labels}
+        if not new:
+            logger.debug("detect: %d more row(s) of %s with unknown labels %s", sum(unknown.values()), source, unknown)
+            return indices
+        self._reported_labels.update(new)
+        listed = ", ".join(f"{value!r} ({count})" for value, count in new.items())
         logger.warning(
             "detect: %d row(s) of %s have %r values that the model's task %r does not know: %s; their "
             "label is left blank in the predictions (labels are only compared with the predictions, "
-            "never model inputs)",
-            sum(unknown.values()),
+            "never model inputs); later rows with these values are blanked without another warning",
+            sum(new.values()),
             source,
             self.task.label_column,
             self.task.name,

@@ -226,6 +226,26 @@ def test_detect_frame_unknown_label_blanks_its_rows(bundle_w1: Bundle, caplog: p
     assert "dataset.toml" not in caplog.text
 
 
+def test_flow_detector_warns_once_per_unknown_label(bundle_w1: Bundle, caplog: pytest.LogCaptureFixture) -> None:
+    detector = FlowDetector(bundle_w1, LastFlowPredictor())
+
+    with caplog.at_level(logging.WARNING, logger="client.detect"):
+        first = detector.process(toy_frame([1, 9], labels=["maybe", "0"]), "<chunk>")
+        second = detector.process(toy_frame([1, 9], labels=["maybe", "1"]), "<chunk>")
+        third = detector.process(toy_frame([1, 9], labels=["maybe", "7"]), "<chunk>")
+
+    # Each chunk still blanks its own unknown labels, but only new values are warned about.
+    assert first["label"].tolist() == ["", "normal"]
+    assert second["label"].tolist() == ["", "attack"]
+    assert third["label"].tolist() == ["", ""]
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 2
+    assert "1 row(s) of <chunk>" in warnings[0]
+    assert "'maybe' (1)" in warnings[0]
+    assert "'7' (1)" in warnings[1]
+    assert "'maybe'" not in warnings[1]
+
+
 def test_detect_file_reads_gzip(bundle_w1: Bundle, tmp_path: Path) -> None:
     path = tmp_path / "flows.csv.gz"
     with gzip.open(path, "wt") as stream:
