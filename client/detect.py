@@ -40,6 +40,7 @@ import csv
 import dataclasses
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -943,11 +944,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for option, value in (("--batch-size", args.batch_size), ("--threads", args.threads)):
             if value is not None and value < 1:
                 raise DataValidationError(f"{option} must be at least 1, got {value}")
-        # A zero poll interval would spin a core; a negative idle timeout would never expire.
-        if args.poll_seconds <= 0:
-            raise DataValidationError(f"--poll-seconds must be above 0, got {args.poll_seconds}")
-        if args.idle_timeout < 0:
-            raise DataValidationError(f"--idle-timeout must be 0 (no limit) or more, got {args.idle_timeout}")
+        # A zero poll interval would spin a core, and a negative or NaN idle timeout would never expire.
+        if not (math.isfinite(args.poll_seconds) and args.poll_seconds > 0):
+            raise DataValidationError(f"--poll-seconds must be a finite number above 0, got {args.poll_seconds}")
+        if not (math.isfinite(args.idle_timeout) and args.idle_timeout >= 0):
+            raise DataValidationError(
+                f"--idle-timeout must be 0 (no limit) or a finite number of seconds, got {args.idle_timeout}"
+            )
         for option, target in (("--out", args.out), ("--summary", args.summary)):
             if target is not None and not target.resolve().parent.is_dir():
                 raise DataValidationError(f"{option} {target}: folder {target.parent} not found; create it first")

@@ -708,8 +708,11 @@ def test_detect_frame_counts_mostly_missing_rows(bundle_w1: Bundle, caplog: pyte
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--poll-seconds", "0"], "--poll-seconds must be above 0"),
+        (["--poll-seconds", "0"], "--poll-seconds must be a finite number above 0"),
+        (["--poll-seconds", "nan"], "--poll-seconds must be a finite number above 0"),
         (["--idle-timeout", "-5"], "--idle-timeout must be 0"),
+        (["--idle-timeout", "nan"], "--idle-timeout must be 0 (no limit) or a finite number of seconds, got nan"),
+        (["--idle-timeout", "inf"], "--idle-timeout must be 0 (no limit) or a finite number of seconds, got inf"),
         (["--threads", "0"], "--threads must be at least 1"),
     ],
 )
