@@ -451,6 +451,12 @@ def _parse_config(raw: Mapping[str, Any], path: Path) -> DatasetConfig:
     split = _parse_split(root.table_of("split", required=False))
     model = _parse_model(root.table_of("model", required=False))
     training = _parse_training(root.table_of("training", required=False))
+    if model.learning_rate * training.proximal_mu > 1:
+        raise ConfigError(
+            f"{path}: key 'training.proximal_mu' times 'model.learning_rate' must be at most 1 (the share of "
+            f"the distance to the global weights removed per batch), got {training.proximal_mu:g} x "
+            f"{model.learning_rate:g}"
+        )
     if not capture_order:
         if not split.stratified:
             raise ConfigError(

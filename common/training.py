@@ -89,7 +89,9 @@ class ProximalStep(keras.callbacks.Callback):
     gradient ``mu * (w - w_global)`` is applied as a separate step
     ``w -= learning_rate * mu * (w - w_global)`` after the optimiser's step,
     as AdamW applies weight decay, so Adam's per-weight scaling does not
-    change its strength.
+    change its strength. ``learning_rate * mu`` is the share of the distance
+    removed per batch, so it must be at most 1: 1 returns the weights to the
+    global ones after every batch, and above 1 the step overshoots them.
     """
 
     def __init__(self, mu: float) -> None:
@@ -100,6 +102,11 @@ class ProximalStep(keras.callbacks.Callback):
         self._anchors: list[np.ndarray] = []
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)) * self.mu
+        if rate > 1 + 1e-6:  # the optimizer keeps its learning rate in float32
+            raise ValueError(
+                f"learning rate times mu must be at most 1, got {rate:g} (mu {self.mu:g}); lower mu"
+            )
         self._anchors = [np.array(variable.numpy()) for variable in self.model.trainable_variables]
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:

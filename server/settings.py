@@ -139,6 +139,13 @@ class FederationSettings:
             raise ConfigError(
                 f"federation settings: key 'partition' must be one of {list(PARTITION_MODES)}, got {partition!r}"
             )
+        learning_rate = _number(values, "learning-rate", low=0.0, low_inclusive=False)
+        proximal_mu = _number(values, "proximal-mu", low=0.0, low_inclusive=True)
+        if learning_rate * proximal_mu > 1:
+            raise ConfigError(
+                f"federation settings: key 'proximal-mu' times 'learning-rate' must be at most 1 (the share of "
+                f"the distance to the global weights removed per batch), got {proximal_mu:g} x {learning_rate:g}"
+            )
         run_name = _text(values, "run-name") or time.strftime("%Y%m%d-%H%M%S")
         if not _RUN_NAME_PATTERN.match(run_name):
             raise ConfigError(
@@ -152,8 +159,8 @@ class FederationSettings:
             window=window,
             local_epochs=_integer(values, "local-epochs", minimum=1),
             batch_size=_integer(values, "batch-size", minimum=1),
-            learning_rate=_number(values, "learning-rate", low=0.0, low_inclusive=False),
-            proximal_mu=_number(values, "proximal-mu", low=0.0, low_inclusive=True),
+            learning_rate=learning_rate,
+            proximal_mu=proximal_mu,
             min_sites=_integer(values, "min-sites", minimum=1),
             round_timeout=_number(values, "round-timeout", low=0.0, low_inclusive=False),
             node_wait_timeout=_number(values, "node-wait-timeout", low=0.0, low_inclusive=False),

@@ -231,6 +231,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     window = args.window or config.training.window
     local_epochs = args.local_epochs or config.training.local_epochs
     proximal_mu = config.training.proximal_mu if args.proximal_mu is None else args.proximal_mu
+    if proximal_mu * config.model.learning_rate > 1:
+        raise ConfigError(
+            f"--proximal-mu {proximal_mu:g} times the learning rate {config.model.learning_rate:g} must be at "
+            "most 1 (the share of the distance to the global weights removed per batch); lower it"
+        )
     if not config.capture_order and window != 1:
         raise ConfigError(f"{config.name} has no capture order, so --window must be 1, got {window}")
     site_overrides = _parse_site_files(args.site_file, args.sites)
