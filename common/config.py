@@ -42,6 +42,22 @@ MONITORS = ("val_loss", "val_macro_f1")
 MAX_BITMASK_BITS = 32
 
 
+def check_proximal_step(proximal_mu: float, learning_rate: float) -> None:
+    """Raise ValueError unless ``proximal_mu * learning_rate`` is at most 1.
+
+    The product is the share of the distance to the global weights that the
+    FedProx proximal step removes after each batch: 1 returns the weights to
+    the global ones, and above 1 the step overshoots them.
+    """
+    share = proximal_mu * learning_rate
+    # 1e-6 of slack, because optimizers keep their learning rate in float32.
+    if share > 1 + 1e-6:
+        raise ValueError(
+            f"proximal mu {proximal_mu:g} times learning rate {learning_rate:g} is {share:g}; it must be at "
+            "most 1, because it is the share of the distance to the global weights removed per batch"
+        )
+
+
 @dataclass(frozen=True)
 class TaskConfig:
     """Label column and fixed class list of one classification task.
@@ -451,12 +467,12 @@ def _parse_config(raw: Mapping[str, Any], path: Path) -> DatasetConfig:
     split = _parse_split(root.table_of("split", required=False))
     model = _parse_model(root.table_of("model", required=False))
     training = _parse_training(root.table_of("training", required=False))
-    if model.learning_rate * training.proximal_mu > 1:
+    try:
+        check_proximal_step(training.proximal_mu, model.learning_rate)
+    except ValueError as error:
         raise ConfigError(
-            f"{path}: key 'training.proximal_mu' times 'model.learning_rate' must be at most 1 (the share of "
-            f"the distance to the global weights removed per batch), got {training.proximal_mu:g} x "
-            f"{model.learning_rate:g}"
-        )
+            f"{path}: keys 'training.proximal_mu' and 'model.learning_rate' are invalid: {error}"
+        ) from error
     if not capture_order:
         if not split.stratified:
             raise ConfigError(

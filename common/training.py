@@ -8,6 +8,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from common.config import check_proximal_step
+
 logger = logging.getLogger(__name__)
 
 #: Samples per forward pass when predicting; large batches are faster and
@@ -89,9 +91,8 @@ class ProximalStep(keras.callbacks.Callback):
     gradient ``mu * (w - w_global)`` is applied as a separate step
     ``w -= learning_rate * mu * (w - w_global)`` after the optimiser's step,
     as AdamW applies weight decay, so Adam's per-weight scaling does not
-    change its strength. ``learning_rate * mu`` is the share of the distance
-    removed per batch, so it must be at most 1: 1 returns the weights to the
-    global ones after every batch, and above 1 the step overshoots them.
+    change its strength. ``learning_rate * mu`` must be at most 1 (see
+    :func:`common.config.check_proximal_step`).
     """
 
     def __init__(self, mu: float) -> None:
@@ -102,11 +103,7 @@ class ProximalStep(keras.callbacks.Callback):
         self._anchors: list[np.ndarray] = []
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)) * self.mu
-        if rate > 1 + 1e-6:  # the optimizer keeps its learning rate in float32
-            raise ValueError(
-                f"learning rate times mu must be at most 1, got {rate:g} (mu {self.mu:g}); lower mu"
-            )
+        check_proximal_step(self.mu, float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
         self._anchors = [np.array(variable.numpy()) for variable in self.model.trainable_variables]
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
@@ -167,14 +164,14 @@ def fit_model(
     Raises
     ------
     ValueError
-        If ``monitor`` is not one of :data:`MONITOR_MODES` or ``proximal_mu``
-        is negative or not finite.
+        If ``monitor`` is not one of :data:`MONITOR_MODES`, ``proximal_mu``
+        is negative or not finite, or ``proximal_mu`` times the model's
+        learning rate is above 1.
     """
     if monitor not in MONITOR_MODES:
         raise ValueError(f"monitor must be one of {list(MONITOR_MODES)}, got {monitor!r}")
-    if not (proximal_mu >= 0 and np.isfinite(proximal_mu)):
-        raise ValueError(f"proximal_mu must be a finite number >= 0, got {proximal_mu}")
-    callbacks: list[Any] = [ProximalStep(proximal_mu)] if proximal_mu > 0 else []
+    # ProximalStep rejects a negative or non-finite mu, so only an exact 0 skips it.
+    callbacks: list[Any] = [ProximalStep(proximal_mu)] if proximal_mu != 0 else []
     validation = None
     if X_val is not None and y_val is not None and len(y_val) > 0:
         validation = (X_val, y_val)

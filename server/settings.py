@@ -19,7 +19,7 @@ from typing import Any
 
 from flwr.app import ConfigRecordValues
 
-from common.config import DatasetConfig, load_dataset_config
+from common.config import DatasetConfig, check_proximal_step, load_dataset_config
 from common.exceptions import ConfigError
 from common.partition import PARTITION_MODES
 
@@ -141,11 +141,12 @@ class FederationSettings:
             )
         learning_rate = _number(values, "learning-rate", low=0.0, low_inclusive=False)
         proximal_mu = _number(values, "proximal-mu", low=0.0, low_inclusive=True)
-        if learning_rate * proximal_mu > 1:
+        try:
+            check_proximal_step(proximal_mu, learning_rate)
+        except ValueError as error:
             raise ConfigError(
-                f"federation settings: key 'proximal-mu' times 'learning-rate' must be at most 1 (the share of "
-                f"the distance to the global weights removed per batch), got {proximal_mu:g} x {learning_rate:g}"
-            )
+                f"federation settings: keys 'proximal-mu' and 'learning-rate' are invalid: {error}"
+            ) from error
         run_name = _text(values, "run-name") or time.strftime("%Y%m%d-%H%M%S")
         if not _RUN_NAME_PATTERN.match(run_name):
             raise ConfigError(

@@ -216,7 +216,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
     from common.bundle import load_model, write_json
-    from common.config import load_dataset_config, resolve_data_dir
+    from common.config import check_proximal_step, load_dataset_config, resolve_data_dir
     from common.exceptions import ConfigError, FedIDSError
     from common.loading import FlowTable, clean_flows, read_flow_csv
     from common.partition import partition_rows
@@ -231,11 +231,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     window = args.window or config.training.window
     local_epochs = args.local_epochs or config.training.local_epochs
     proximal_mu = config.training.proximal_mu if args.proximal_mu is None else args.proximal_mu
-    if proximal_mu * config.model.learning_rate > 1:
-        raise ConfigError(
-            f"--proximal-mu {proximal_mu:g} times the learning rate {config.model.learning_rate:g} must be at "
-            "most 1 (the share of the distance to the global weights removed per batch); lower it"
-        )
+    try:
+        check_proximal_step(proximal_mu, config.model.learning_rate)
+    except ValueError as error:
+        raise ConfigError(f"--proximal-mu is invalid: {error}; lower it") from error
     if not config.capture_order and window != 1:
         raise ConfigError(f"{config.name} has no capture order, so --window must be 1, got {window}")
     site_overrides = _parse_site_files(args.site_file, args.sites)

@@ -273,7 +273,12 @@ WRONG_VALUES = [
     ("[training]\n", "[training]\nlocal_epochs = 0\n", r"'training.local_epochs' must be at least 1"),
     ("[training]\n", "[training]\nproximal_mu = -0.5\n", r"'training.proximal_mu' must be 0 \(plain FedAvg\)"),
     ("[training]\n", "[training]\nproximal_mu = nan\n", r"'training.proximal_mu' must be 0 \(plain FedAvg\)"),
-    ("[training]\n", "[training]\nproximal_mu = 2000\n", r"'training.proximal_mu' times 'model.learning_rate' must"),
+    (
+        "[training]\n",
+        "[training]\nproximal_mu = 2000\n",
+        r"keys 'training.proximal_mu' and 'model.learning_rate' are invalid: "
+        r"proximal mu 2000 times learning rate 0.001 is 2; it must be at most 1",
+    ),
     ("[training]\n", "[training]\nmonitor_min_support = -1\n", r"'training.monitor_min_support' must be 0"),
     ("[training]\n", "[training]\nmonitor_min_support = 2.5\n", r"'training.monitor_min_support' must be an integer"),
     (

@@ -156,7 +156,11 @@ def test_settings_empty_run_name_becomes_timestamp() -> None:
         ("learning-rate", 0.0, r"'learning-rate' must be in \(0.0, inf\)"),
         ("proximal-mu", -0.1, r"'proximal-mu' must be in \[0.0, inf\)"),
         ("proximal-mu", math.inf, r"'proximal-mu' must be in \[0.0, inf\)"),
-        ("proximal-mu", 2000.0, r"'proximal-mu' times 'learning-rate' must be at most 1 .*got 2000 x 0.001"),
+        (
+            "proximal-mu",
+            2000.0,
+            r"keys 'proximal-mu' and 'learning-rate' are invalid: proximal mu 2000 times learning rate 0.001 is 2",
+        ),
         ("fraction-train", 1.5, r"'fraction-train' must be in \(0.0, 1.0\]"),
         ("round-timeout", math.nan, r"'round-timeout' must be in"),
         ("partition", "random", r"'partition' must be one of"),

@@ -154,7 +154,7 @@ def test_fit_model_proximal_mu_drifts_less() -> None:
 def test_proximal_step_invalid_mu(mu: float) -> None:
     with pytest.raises(ValueError, match="mu must be a finite number >= 0"):
         ProximalStep(mu)
-    with pytest.raises(ValueError, match="proximal_mu must be a finite number >= 0"):
+    with pytest.raises(ValueError, match="mu must be a finite number >= 0"):
         fit_model(keras.Sequential(), np.zeros((1, 1, 1)), np.zeros(1), epochs=1, batch_size=1, proximal_mu=mu)
 
 
@@ -163,5 +163,5 @@ def test_fit_model_proximal_step_above_one_rejected() -> None:
     model = build_cnn_lstm(4, 1, 2, conv_filters=4, lstm_units=4, dense_units=4, learning_rate=0.1)
 
     # 0.1 x 20 = 2: each proximal step would overshoot the global weights by their whole distance.
-    with pytest.raises(ValueError, match="learning rate times mu must be at most 1, got 2"):
+    with pytest.raises(ValueError, match=r"proximal mu 20 times learning rate 0\.1 is 2; it must be at most 1"):
         fit_model(model, X, y, epochs=1, batch_size=16, proximal_mu=20.0)
