@@ -83,7 +83,8 @@ def test_build_cnn_lstm_pooling_skipped_short_sequence(
 
     assert ("pool" in _layer_names(model)) is has_pool
     # Pooling by 1 changes nothing, so only a real pool that is left out is reported.
-    assert ("no pooling layer" in caplog.text) is (not has_pool and pool_size > 1)
+    warned = not has_pool and pool_size > 1
+    assert ("no pooling layer" in caplog.text) is warned
     proba = model.predict(np.zeros((2, window, n_features), dtype=np.float32), verbose=0)
     assert proba.shape == (2, 2)
 
