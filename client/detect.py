@@ -667,7 +667,8 @@ def follow_chunks(
     Raises
     ------
     DataFileNotFoundError
-        If the file's folder does not exist.
+        If the file's folder is missing or removed, or the file is still
+        missing after ``idle_timeout`` seconds.
     DataValidationError
         If the path is a folder, or the file is gzip-compressed, shrinks
         (truncated in place), or is replaced by a file with another header.
@@ -731,7 +732,13 @@ def follow_chunks(
 
 
 def _wait_for_file(path: Path, *, poll_seconds: float, idle_timeout: float) -> bool:
-    """Wait until ``path`` exists; return ``False`` when ``idle_timeout`` passes or a stop signal arrives first."""
+    """Wait until ``path`` exists; return ``False`` when a stop signal arrives first.
+
+    Raises
+    ------
+    DataFileNotFoundError
+        If ``idle_timeout`` passes first or the file's folder is removed.
+    """
     if path.is_file():
         return True
     if path.exists():
@@ -745,10 +752,17 @@ def _wait_for_file(path: Path, *, poll_seconds: float, idle_timeout: float) -> b
         if path.is_file():
             logger.info("follow: %s was created; reading it", path)
             return True
+        if not path.parent.is_dir():
+            raise DataFileNotFoundError(
+                f"input folder {path.parent} was removed while waiting for {path.name}; check --input"
+            )
         now = time.monotonic()
         if idle_timeout > 0 and now - started >= idle_timeout:
-            logger.info("follow: %s was not created within %.0f s, stopping", path, idle_timeout)
-            return False
+            # Nothing was scored, so a silent success would hide a wrong path or a stopped exporter.
+            raise DataFileNotFoundError(
+                f"{path} not found after waiting {idle_timeout:g} s (--idle-timeout); "
+                "check --input and that the flow exporter is running"
+            )
         if now - last_warning >= MISSING_INPUT_WARNING_SECONDS:
             logger.warning("follow: still waiting for %s after %.0f s", path, now - started)
             last_warning = now

@@ -449,6 +449,23 @@ def test_detect_follow_waits_for_input(onnx_bundle: tuple[Path, Path], tmp_path:
     assert "detect: scored 3 of 4 flows" in stdout
 
 
+def test_detect_follow_missing_input_fails(onnx_bundle: tuple[Path, Path], tmp_path: Path) -> None:
+    bundle_path, public_key = onnx_bundle
+    predictions = tmp_path / "predictions.csv"
+    completed = subprocess.run(
+        _detect_command(
+            "--model", str(bundle_path), "--public-key", str(public_key), "--input", str(tmp_path / "live.csv"),
+            "--out", str(predictions), "--follow", "--poll-seconds", "0.05", "--idle-timeout", "0.5",
+        ),
+        cwd=ROOT, env=_environment(), capture_output=True, text=True, timeout=120,
+    )
+
+    assert completed.returncode == 1, completed.stderr
+    assert "live.csv not found after waiting 0.5 s (--idle-timeout)" in completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert not predictions.exists()
+
+
 def test_follow_file_alerts_across_batches(
     bundle_w1: Bundle, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -663,12 +680,22 @@ def test_follow_chunks_waits_for_missing_file(tmp_path: Path, caplog: pytest.Log
     assert "was created" in caplog.text
 
 
-def test_follow_chunks_missing_file_idle_timeout(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="client.detect"):
-        frames = list(follow_chunks(tmp_path / "never.csv", poll_seconds=0.01, idle_timeout=0.1))
+def test_follow_chunks_missing_file_idle_timeout(tmp_path: Path) -> None:
+    with pytest.raises(DataFileNotFoundError, match=r"never\.csv not found after waiting 0\.1 s \(--idle-timeout\)"):
+        list(follow_chunks(tmp_path / "never.csv", poll_seconds=0.01, idle_timeout=0.1))
 
-    assert frames == []
-    assert "was not created within" in caplog.text
+
+def test_follow_chunks_folder_removed(tmp_path: Path) -> None:
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    remover = threading.Timer(0.2, folder.rmdir)
+    remover.start()
+    try:
+        removed = r"input folder .*exports was removed while waiting for live\.csv"
+        with pytest.raises(DataFileNotFoundError, match=removed):
+            list(follow_chunks(folder / "live.csv", poll_seconds=0.02, idle_timeout=10.0))
+    finally:
+        remover.join()
 
 
 def test_follow_chunks_missing_folder(tmp_path: Path) -> None:
