@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import keras
@@ -81,6 +82,33 @@ class ValidationMacroF1(keras.callbacks.Callback):
         logs["val_macro_f1"] = macro_f1(self.y_val, np.asarray(proba).argmax(axis=1), self.min_support)
 
 
+class EpochProgress(keras.callbacks.Callback):
+    """Log the epoch number, the training loss and the validation scores every ``every`` epochs.
+
+    A centralized model may train for a hundred epochs and a quarter of an
+    hour, so the log shows its progress and its current validation scores.
+    Placed after :class:`ValidationMacroF1`, it also logs ``val_macro_f1``.
+    """
+
+    def __init__(self, every: int, epochs: int) -> None:
+        super().__init__()
+        if every < 1:
+            raise ValueError(f"every must be at least 1, got {every}")
+        self.every = every
+        self.epochs = epochs
+        self._started = 0.0
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if (epoch + 1) % self.every != 0:
+            return
+        scores = ", ".join(f"{key} {float(value):.4f}" for key, value in sorted((logs or {}).items()))
+        elapsed = time.perf_counter() - self._started
+        logger.info("fit: epoch %d of at most %d, %s, %.0f s", epoch + 1, self.epochs, scores, elapsed)
+
+
 class ProximalStep(keras.callbacks.Callback):
     """Pull the trainable weights towards the weights they had when training began, after every batch.
 
@@ -127,6 +155,7 @@ def fit_model(
     proximal_mu: float = 0.0,
     seed: int = 42,
     verbose: int = 0,
+    progress_every: int = 0,
 ) -> dict[str, list[float]]:
     """Train ``model`` in place, with early stopping on validation data when it is given.
 
@@ -154,6 +183,11 @@ def fit_model(
         0 trains without it.
     seed : int
         Shuffling seed.
+    verbose : int, default=0
+        Keras' own progress output (0 is silent).
+    progress_every : int, default=0
+        Log the losses and validation scores at INFO level every this many
+        epochs (see :class:`EpochProgress`); 0 logs nothing.
 
     Returns
     -------
@@ -183,6 +217,8 @@ def fit_model(
                     monitor=monitor, mode=MONITOR_MODES[monitor], patience=patience, restore_best_weights=True
                 )
             )
+    if progress_every > 0:
+        callbacks.append(EpochProgress(progress_every, epochs))
     # Shuffle with a seeded permutation so runs repeat without touching global seeds.
     order = np.random.default_rng(seed).permutation(len(y_train))
     history = model.fit(

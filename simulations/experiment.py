@@ -19,6 +19,9 @@ from common.training import fit_model, predict_proba
 
 logger = logging.getLogger(__name__)
 
+#: Epochs between two progress lines of a training run in the log.
+PROGRESS_EVERY = 10
+
 
 @dataclass
 class TrainedModel:
@@ -103,6 +106,7 @@ def train_and_evaluate(
         monitor_min_support=config.training.monitor_min_support,
         seed=config.training.seed,
         verbose=verbose,
+        progress_every=PROGRESS_EVERY,
     )
     seconds = time.perf_counter() - started
 

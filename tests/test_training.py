@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import keras
 import numpy as np
 import pytest
 
 from common.model import build_cnn_lstm
-from common.training import ProximalStep, fit_model, macro_f1
+from common.training import EpochProgress, ProximalStep, fit_model, macro_f1
 
 
 def test_macro_f1_three_classes() -> None:
@@ -165,3 +167,27 @@ def test_fit_model_proximal_step_above_one_rejected() -> None:
     # 0.1 x 20 = 2: each proximal step would overshoot the global weights by their whole distance.
     with pytest.raises(ValueError, match=r"proximal mu 20 times learning rate 0\.1 is 2; it must be at most 1"):
         fit_model(model, X, y, epochs=1, batch_size=16, proximal_mu=20.0)
+
+
+def test_fit_model_progress_lines(caplog: pytest.LogCaptureFixture) -> None:
+    keras.utils.set_random_seed(5)
+    X_train, y_train = _toy(120, 0)
+    X_val, y_val = _toy(30, 1)
+    model = build_cnn_lstm(5, 1, 3, conv_filters=8, lstm_units=8, dense_units=8, dropout=0.0, learning_rate=0.01)
+
+    with caplog.at_level(logging.INFO, logger="common.training"):
+        history = fit_model(
+            model, X_train, y_train, X_val, y_val, epochs=5, batch_size=32, monitor="val_macro_f1", progress_every=2
+        )
+
+    lines = [record.getMessage() for record in caplog.records if record.getMessage().startswith("fit: epoch")]
+    assert len(lines) == 2
+    assert lines[0].startswith("fit: epoch 2 of at most 5, ")
+    assert lines[1].startswith("fit: epoch 4 of at most 5, ")
+    assert f"val_macro_f1 {history['val_macro_f1'][3]:.4f}" in lines[1]
+    assert f"loss {history['loss'][1]:.4f}" in lines[0]
+
+
+def test_epoch_progress_rejects_zero() -> None:
+    with pytest.raises(ValueError, match="every must be at least 1, got 0"):
+        EpochProgress(0, 10)
