@@ -23,13 +23,15 @@ choose a version. A version without validation counts is never "best".
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
 import secrets
 import shutil
+import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -401,6 +403,19 @@ class Registry:
             os.fsync(stream.fileno())
         os.replace(temporary, self.root / LATEST_FILE)
 
+    def promote(self, version: str) -> dict[str, Any]:
+        """Point ``latest.json`` at an already published version, for example to roll back; return its entry.
+
+        Raises
+        ------
+        RegistryError
+            If the version is not published.
+        """
+        self.entry(version)
+        self._point_latest(version)
+        logger.info("registry: latest now points to %s", version)
+        return self.resolve(version)
+
     def prune(self) -> list[str]:
         """Remove versions beyond the retention rule; return the removed version strings."""
         entries = self._entries()
@@ -500,3 +515,148 @@ def publisher_from_settings(
         signer_fingerprint(key)[:16],
     )
     return RoundPublisher(registry, key, run_id, dataset_file)
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+
+def publish_checkpoint(
+    registry: Registry,
+    run_dir: str | os.PathLike[str],
+    server_round: int,
+    signing_key: Ed25519PrivateKey,
+    dataset: str | None = None,
+) -> dict[str, Any]:
+    """Publish the saved checkpoint of one round of a finished or running federated run.
+
+    This is for a round whose publishing failed, a run trained without a
+    signing key, or an older round a site should use again.
+
+    Parameters
+    ----------
+    registry : Registry
+        Where the bundle goes; ``latest.json`` then points to it.
+    run_dir : path-like
+        ``<checkpoint-dir>/<run-name>``, holding run.json and the round folders.
+    server_round : int
+        The round, >= 1 (round 0 is the untrained model).
+    signing_key : Ed25519PrivateKey
+        The coordinator's key.
+    dataset : str, optional
+        Dataset configuration name or path; by default the one in run.json.
+
+    Raises
+    ------
+    RegistryError
+        If the round is 0 or missing, run.json cannot be read, or the dataset
+        configuration describes other input columns than the checkpoint.
+    ConfigError
+        If the dataset configuration cannot be loaded.
+    """
+    from common.config import load_dataset_config
+    from common.preprocessing import Preprocessor
+    from server.checkpoints import RUN_FILE, round_folder_name
+
+    run_path = Path(run_dir)
+    if server_round < 1:
+        raise RegistryError(f"registry: invalid round {server_round}: round 0 is the untrained model; give 1 or later")
+    folder = run_path / round_folder_name(server_round)
+    if not folder.is_dir():
+        raise RegistryError(f"registry: {folder} not found; list the run's round folders in {run_path}")
+    if dataset is None:
+        try:
+            dataset = str(json.loads((run_path / RUN_FILE).read_text(encoding="utf-8"))["settings"]["dataset"])
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+            raise RegistryError(
+                f"registry: failed to read the dataset name from {run_path / RUN_FILE} ({error}); pass --dataset"
+            ) from error
+    config = load_dataset_config(dataset)
+    preprocessor = Preprocessor.load(folder / PREPROCESSING_FILE)
+    if (config.name, config.feature_columns) != (preprocessor.dataset, preprocessor.input_columns):
+        raise RegistryError(
+            f"registry: dataset configuration {config.source} ({config.name!r}, {len(config.feature_columns)} "
+            f"input columns) does not match the checkpoint's preprocessing ({preprocessor.dataset!r}, "
+            f"{len(preprocessor.input_columns)} input columns); pass the configuration the run trained with "
+            "as --dataset"
+        )
+    return registry.publish(
+        folder, run_id=run_path.name, server_round=server_round, signing_key=signing_key, dataset_file=config.source
+    )
+
+
+def _describe(entry: Mapping[str, Any]) -> str:
+    metrics = entry.get("metrics", {})
+    flags = [name for name, key in (("latest", "is_latest"), ("best", "is_best")) if entry.get(key)]
+    return (
+        f"{entry['version']}  val F1 {_format(metrics.get('val_f1'))}  test F1 {_format(metrics.get('f1'))}  "
+        f"FPR {_format(metrics.get('fpr'))}  published {entry.get('published', '?')}"
+        + (f"  [{', '.join(flags)}]" if flags else "")
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m server.registry", description="List, publish and roll back the coordinator's model bundles."
+    )
+    parser.add_argument(
+        "--registry-dir", type=Path, default=Path("runs/registry"), help="registry folder (default: runs/registry)"
+    )
+    parser.add_argument(
+        "--keep",
+        type=int,
+        default=DEFAULT_KEEP_LAST,
+        help=f"versions kept besides the best and the latest when publishing (default: {DEFAULT_KEEP_LAST})",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="list the published versions, newest first")
+    publish = commands.add_parser("publish", help="publish a saved round checkpoint as a signed bundle")
+    publish.add_argument(
+        "--run-dir", type=Path, required=True, help="the run's checkpoint folder (checkpoint-dir/run-name)"
+    )
+    publish.add_argument(
+        "--round", type=int, required=True, dest="server_round", help="the round to publish (1 or later)"
+    )
+    publish.add_argument("--signing-key", type=Path, required=True, help="the coordinator's Ed25519 private key")
+    publish.add_argument("--dataset", help="dataset configuration name or path (default: the one in run.json)")
+    promote = commands.add_parser("promote", help="point latest at a published version, for example to roll back")
+    promote.add_argument("version", help="a version from 'list', such as RUN/round-007")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status (0 success, 1 error, 2 bad arguments)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        if args.keep < 1:
+            raise RegistryError(f"--keep must be at least 1, got {args.keep}")
+
+        if args.command == "list":
+            if not args.registry_dir.is_dir():
+                raise RegistryError(f"registry folder {args.registry_dir} not found; check --registry-dir")
+            entries = Registry(args.registry_dir, keep_last=args.keep).list_versions()
+            if not entries:
+                print(f"registry: no version published in {args.registry_dir}")
+            for entry in entries:
+                print(_describe(entry))
+            return 0
+        registry = Registry(args.registry_dir, keep_last=args.keep)
+        if args.command == "publish":
+            from server.signing import load_private_key
+
+            key = load_private_key(args.signing_key)
+            entry = publish_checkpoint(registry, args.run_dir, args.server_round, key, args.dataset)
+            entry = registry.resolve(entry["version"])
+        else:
+            entry = registry.promote(args.version)
+        print(_describe(entry))
+    except (FedIDSError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from common.bundle import file_sha256, load_bundle
 from common.exceptions import ConfigError, RegistryError
 from server.registry import Registry, RoundPublisher, publisher_from_settings
+from server.registry import main as registry_main
 from server.signing import generate_keypair, load_private_key
 from tests.bundle_helpers import read_json, write_toy_dataset, write_toy_round
 
@@ -197,3 +199,87 @@ def test_publish_without_onnx_when_export_fails(
     assert entry["has_onnx"] is False
     assert "published without model.onnx: export failed: KeyError" in caplog.text
     assert load_bundle(Path(str(entry["path"])), public_key=signing_key.public_key()).onnx_path is None
+
+
+def _toy_run(folder: Path, rounds: int, dataset: Path | None) -> Path:
+    run_dir = folder / "toy-run"
+    for number in range(rounds + 1):
+        write_toy_round(run_dir / f"round-{number:03d}", number, val_f1=0.5 + number / 10)
+    if dataset is not None:
+        (run_dir / "run.json").write_text(json.dumps({"settings": {"dataset": str(dataset)}}), encoding="utf-8")
+    return run_dir
+
+
+def _registry_command(tmp_path: Path, *arguments: str) -> int:
+    return registry_main(["--registry-dir", str(tmp_path / "registry"), *arguments])
+
+
+def test_registry_publish_and_promote(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = _toy_run(tmp_path, 2, write_toy_dataset(tmp_path))
+    private_key, public_key = generate_keypair(tmp_path / "keys")
+    publish = ["publish", "--run-dir", str(run_dir), "--signing-key", str(private_key)]
+
+    assert _registry_command(tmp_path, *publish, "--round", "1") == 0
+    assert _registry_command(tmp_path, *publish, "--round", "2") == 0
+    assert _registry_command(tmp_path, "promote", "toy-run/round-001") == 0
+    capsys.readouterr()
+    assert _registry_command(tmp_path, "list") == 0
+
+    listing = capsys.readouterr().out.splitlines()
+    assert listing[0].startswith("toy-run/round-002  val F1 0.700")
+    assert listing[0].endswith("[best]")
+    assert listing[1].startswith("toy-run/round-001  val F1 0.600")
+    assert listing[1].endswith("[latest]")
+    registry = Registry(tmp_path / "registry")
+    assert registry.latest_version() == "toy-run/round-001"
+    bundle = load_bundle(registry.archive_of("toy-run/round-001"), public_key=public_key)
+    assert bundle.signature_verified
+    assert bundle.dataset_config.name == "toy"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--round", "0"], "invalid round 0: round 0 is the untrained model; give 1 or later"),
+        (["--round", "7"], "round-007 not found"),
+        (["--round", "1", "--dataset", "wustl-ehms-2020"], "does not match the checkpoint's preprocessing"),
+    ],
+)
+def test_registry_publish_rejects_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], message: str
+) -> None:
+    run_dir = _toy_run(tmp_path, 1, write_toy_dataset(tmp_path))
+    private_key, _ = generate_keypair(tmp_path / "keys")
+    publish = ["publish", "--run-dir", str(run_dir), "--signing-key", str(private_key)]
+
+    status = _registry_command(tmp_path, *publish, *arguments)
+
+    assert status == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "registry" / "latest.json").exists()
+
+
+def test_registry_publish_without_run_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = _toy_run(tmp_path, 1, None)
+    private_key, _ = generate_keypair(tmp_path / "keys")
+
+    status = _registry_command(
+        tmp_path, "publish", "--run-dir", str(run_dir), "--round", "1", "--signing-key", str(private_key)
+    )
+
+    assert status == 1
+    assert "failed to read the dataset name from" in capsys.readouterr().err
+
+
+def test_registry_promote_unknown_version(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "registry").mkdir()
+
+    assert _registry_command(tmp_path, "promote", "toy-run/round-009") == 1
+
+    assert "version toy-run/round-009 is not published" in capsys.readouterr().err
+
+
+def test_registry_list_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _registry_command(tmp_path, "list") == 1
+
+    assert "registry folder" in capsys.readouterr().err

@@ -22,6 +22,7 @@ from common.loading import load_flows, read_flow_csv
 from common.preprocessing import FeatureStatistics, Preprocessor
 from common.site import site_split
 from server.registry import Registry
+from server.registry import main as registry_main
 from server.signing import generate_keypair
 from tests.process_helpers import TAG_ENV, signal_after_line, wait_until_gone
 
@@ -207,6 +208,29 @@ def test_simulation_bundle_detects_held_out_flows(
     f1 = 2 * int((attack_true & attack_predicted).sum()) / (int(attack_true.sum()) + int(attack_predicted.sum()))
     assert f1 > DETECTION_F1_FLOOR, f"attack F1 {f1:.3f} on {len(predictions)} held-out flows"
     assert sum(episode.flows for episode in result.episodes) == int(attack_predicted.sum())
+
+
+def test_simulation_round_published_later(simulation_run: SimulationRun, tmp_path: Path) -> None:
+    out, _, _ = simulation_run
+    run_dir = _run_dir(out)
+    registry_dir = tmp_path / "registry"
+
+    status = registry_main(
+        [
+            "--registry-dir", str(registry_dir),
+            "publish", "--run-dir", str(run_dir), "--round", "1",
+            "--signing-key", str(out / "keys" / "bundle-signing.key"),
+        ]
+    )
+
+    assert status == 0
+    latest = Registry(registry_dir).latest()
+    assert latest is not None
+    assert latest["version"] == f"{run_dir.name}/round-001"
+    bundle = load_bundle(Path(latest["archive"]), public_key=out / "keys" / "bundle-signing.pub")
+    assert bundle.signature_verified
+    assert bundle.dataset_config.name == "wustl-ehms-2020"
+    assert bundle.preprocessor.window == 8
 
 
 def test_simulation_leaves_no_process(simulation_run: SimulationRun) -> None:
