@@ -192,10 +192,21 @@ def _plot(history: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(figure)
 
 
+def best_validation_round(history: list[dict[str, Any]]) -> int | None:
+    """Return the round with the highest validation F1 (the later one on a tie), or ``None`` without scores."""
+    scored = [entry for entry in history if entry.get("val_f1") is not None]
+    if not scored:
+        return None
+    return int(max(scored, key=lambda entry: (entry["val_f1"], entry["round"]))["round"])
+
+
 def format_report(report: dict[str, Any]) -> str:
     """Render the comparison as a text table."""
     keys = ("accuracy", "precision", "recall", "f1", "macro_f1", "fpr", "roc_auc")
     rows = [("federated", report["federated"])]
+    if "federated_best_validation" in report:
+        best = report["federated_best_validation"]
+        rows.append((f"federated, round {best['round']}", best))
     if "centralized" in report:
         rows.append(("centralized", report["centralized"]))
     rows += [(f"local-only {name}", values) for name, values in report.get("local_only", {}).items()]
@@ -221,7 +232,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from common.loading import FlowTable, clean_flows, read_flow_csv
     from common.partition import partition_rows
     from common.splits import make_splits
-    from simulations.comparison import TestSet, compare_models
+    from simulations.comparison import TestSet, compare_models, score_on_test_set
 
     config = load_dataset_config(args.dataset)
     task = config.task(args.task)
@@ -354,6 +365,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         local_only=not args.no_baselines,
         centralized=not args.no_baselines,
     )
+    # The registry's "best" version is the round with the highest validation F1.
+    # Sites that pull "best" run that round's model, so it is scored as well.
+    best_round = best_validation_round(history)
+    if best_round is not None and best_round != last_round:
+        best_dir = run_dir / f"round-{best_round:03d}"
+        best_model, best_preprocessor = load_model(best_dir)
+        comparison["federated_best_validation"] = {
+            **score_on_test_set(best_model, best_preprocessor, test_set, config, task),
+            "round": best_round,
+            "checkpoint": str(best_dir),
+        }
     report = {
         **comparison,
         "dataset": config.name,
@@ -372,6 +394,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "failures_per_round": [int(entry.get("failures", 0)) for entry in history],
         "federation_seconds": federation_seconds,
         "final_checkpoint": str(final_dir),
+        "best_validation_round": best_round,
         "history": history,
     }
     write_json(out / "report.json", report)

@@ -24,6 +24,7 @@ from common.site import site_split
 from server.registry import Registry
 from server.registry import main as registry_main
 from server.signing import generate_keypair
+from simulations.simulate import best_validation_round, format_report
 from tests.process_helpers import TAG_ENV, signal_after_line, wait_until_gone
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,6 +134,42 @@ def test_simulation_metrics_finite(simulation_run: SimulationRun) -> None:
         for key in ("f1", "loss", "accuracy"):
             assert math.isfinite(entry[key]), f"round {entry['round']} {key} = {entry[key]}"
     assert set(report["local_only"]) == {"site-0", "site-1"}
+
+
+def test_simulation_scores_best_validation_round(simulation_run: SimulationRun) -> None:
+    out, completed, _ = simulation_run
+    report = json.loads((out / "report.json").read_text())
+
+    scores = {entry["round"]: entry["val_f1"] for entry in report["history"]}
+    best = report["best_validation_round"]
+    assert best == max(scores, key=lambda number: (scores[number], number))
+    if best == 2:
+        assert "federated_best_validation" not in report
+    else:
+        extra = report["federated_best_validation"]
+        assert extra["round"] == 1
+        assert extra["checkpoint"].endswith("round-001")
+        assert math.isfinite(extra["f1"])
+        assert "federated, round 1" in completed.stdout
+
+
+def test_best_validation_round_prefers_later_tie() -> None:
+    history = [{"round": 1, "val_f1": 0.8}, {"round": 2, "val_f1": 0.9}, {"round": 3, "val_f1": 0.9}]
+
+    assert best_validation_round(history) == 3
+    assert best_validation_round([{"round": 1, "val_f1": None}]) is None
+    assert best_validation_round([]) is None
+
+
+def test_format_report_lists_best_round() -> None:
+    scores = {"accuracy": 0.9, "precision": 0.6, "recall": 0.7, "f1": 0.75, "macro_f1": 0.8, "fpr": 0.01}
+    report = {"federated": {**scores, "roc_auc": None}, "federated_best_validation": {**scores, "f1": 0.85, "round": 4}}
+
+    lines = format_report(report).splitlines()
+
+    assert lines[1].split()[:5] == ["federated", "0.9000", "0.6000", "0.7000", "0.7500"]
+    assert lines[2].split()[:7] == ["federated,", "round", "4", "0.9000", "0.6000", "0.7000", "0.8500"]
+    assert lines[1].endswith("n/a")
 
 
 def test_simulation_broken_site_fails_alone(simulation_run: SimulationRun) -> None:
