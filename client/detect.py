@@ -667,8 +667,8 @@ def follow_chunks(
     Raises
     ------
     DataFileNotFoundError
-        If the file's folder is missing or removed, or the file is still
-        missing after ``idle_timeout`` seconds.
+        If the file's folder is missing or removed (also while following),
+        or the file is still missing after ``idle_timeout`` seconds.
     DataValidationError
         If the path is a folder, or the file is gzip-compressed, shrinks
         (truncated in place), or is replaced by a file with another header.
@@ -714,6 +714,10 @@ def follow_chunks(
                         yield frame
                     continue
                 current = _stat_or_none(path)
+                if current is None and not path.parent.is_dir():
+                    raise DataFileNotFoundError(
+                        f"input folder {path.parent} was removed while following {path.name}; check --input"
+                    )
                 if current is not None and current.st_ino != identity:
                     logger.info("follow: %s was replaced (rotated); reading the new file from its start", path)
                     replaced = True
@@ -968,6 +972,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for option, target in (("--out", args.out), ("--summary", args.summary)):
             if target is not None and not target.resolve().parent.is_dir():
                 raise DataValidationError(f"{option} {target}: folder {target.parent} not found; create it first")
+            if target is not None and target.is_dir():
+                raise DataValidationError(f"{option} {target} is a folder; give a file name inside it")
         written = [path.resolve() for path in (args.out, args.summary) if path is not None]
         if args.input.resolve() in written:
             raise DataValidationError(

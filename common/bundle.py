@@ -137,7 +137,8 @@ def load_model(folder: str | os.PathLike[str]) -> tuple[keras.Model, Preprocesso
     DataFileNotFoundError
         If the model or preprocessing file is missing.
     ModelMismatchError
-        If the model's input or output shape disagrees with the preprocessing.
+        If the model file cannot be loaded, or the model's input or output
+        shape disagrees with the preprocessing.
     """
     folder = Path(folder)
     for name in (MODEL_FILE, PREPROCESSING_FILE):
@@ -152,7 +153,14 @@ def _load_keras_model(path: Path, preprocessor: Preprocessor) -> keras.Model:
 
     # Loaded models only predict or are exported. Without compile=False Keras
     # also restores the optimizer and warns when the saved one was never used.
-    model = keras.saving.load_model(path, compile=False)
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except (ValueError, OSError, KeyError, TypeError) as error:
+        # Keras reports a damaged or foreign .keras file with these types.
+        raise ModelMismatchError(
+            f"{path}: failed to load the Keras model ({type(error).__name__}: {error}); "
+            "the file is damaged or was not saved by this project"
+        ) from error
     expected_input = (preprocessor.window, preprocessor.n_features)
     expected_output = preprocessor.n_classes
     if tuple(model.input_shape[1:]) != expected_input or model.output_shape[-1] != expected_output:
@@ -622,7 +630,13 @@ class Bundle:
     def model(self) -> keras.Model:
         """The Keras model, loaded on first use from the verified copy and checked against the preprocessing."""
         if self._model is None:
-            self._model = _load_keras_model(self.path / MODEL_FILE, self.preprocessor)
+            try:
+                self._model = _load_keras_model(self.path / MODEL_FILE, self.preprocessor)
+            except ModelMismatchError as error:
+                if self.source is None:
+                    raise
+                # Name the user's folder or archive, not the private copy.
+                raise ModelMismatchError(str(error).replace(str(self.path), str(self.source))) from error
         return self._model
 
     @property

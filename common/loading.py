@@ -343,7 +343,12 @@ def parse_flow_text(text: bytes, path: Path, rows_before: int = 0) -> pd.DataFra
             if raw is None:
                 raw = pd.read_csv(io.BytesIO(text), header=None, dtype=str, na_filter=False, encoding="utf-8-sig")
     except DataValidationError as error:
-        raise DataValidationError(f"{error} (in the rows after data row {rows_before})") from error
+        if rows_before == 0:
+            raise
+        # The parsed text restarts at the header, so its line numbers are not the file's.
+        raise DataValidationError(
+            f"{error} (line 1 there is the header; line 2 is data row {rows_before + 1} of the file)"
+        ) from error
     frame = raw.iloc[1:].reset_index(drop=True)
     frame.columns = pd.Index(_header_names(raw.iloc[0].tolist(), path))
     return frame

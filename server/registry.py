@@ -24,6 +24,7 @@ choose a version. A version without validation counts is never "best".
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -55,7 +56,7 @@ from common.bundle import (
     write_json,
     write_manifest,
 )
-from common.exceptions import BundleVerificationError, FedIDSError, ModelMismatchError, RegistryError
+from common.exceptions import BundleVerificationError, ConfigError, FedIDSError, ModelMismatchError, RegistryError
 from server.signing import sign_manifest, signer_fingerprint
 
 if TYPE_CHECKING:
@@ -68,6 +69,9 @@ VERSIONS_DIR = "versions"
 
 #: Versions kept besides the best one and the latest, unless configured otherwise.
 DEFAULT_KEEP_LAST = 5
+
+#: Keys every registry entry must have to be listed.
+ENTRY_KEYS = ("version", "run_id", "round", "created", "metrics")
 
 #: Headline metrics copied from a round's metrics.json into its registry entry.
 ENTRY_METRICS = ("f1", "macro_f1", "precision", "recall", "fpr", "roc_auc", "accuracy")
@@ -156,7 +160,7 @@ class Registry:
         except FileNotFoundError as error:
             raise RegistryError(
                 f"registry: version {version} is not published in {self.root} (or was pruned); "
-                "list the available ones with list_versions()"
+                "list the available ones with 'python -m server.registry list'"
             ) from error
         except (OSError, json.JSONDecodeError) as error:
             raise RegistryError(f"registry: cannot read {entry_path}: {error}") from error
@@ -168,11 +172,17 @@ class Registry:
         entries = []
         for entry_path in sorted((self.root / VERSIONS_DIR).glob("*/round-*.json")):
             try:
-                entries.append(json.loads(entry_path.read_text(encoding="utf-8")))
+                entry = json.loads(entry_path.read_text(encoding="utf-8"))
             except FileNotFoundError:
                 continue  # pruned between listing and reading
             except (OSError, json.JSONDecodeError) as error:
                 logger.warning("registry: skipped unreadable entry %s: %s", entry_path, error)
+                continue
+            missing = [key for key in ENTRY_KEYS if not isinstance(entry, dict) or key not in entry]
+            if missing:
+                logger.warning("registry: skipped entry %s without %s", entry_path, missing)
+                continue
+            entries.append(entry)
         entries.sort(key=lambda entry: (entry["created"], entry["run_id"], entry["round"]), reverse=True)
         return entries
 
@@ -409,12 +419,17 @@ class Registry:
         Raises
         ------
         RegistryError
-            If the version is not published.
+            If the version is not published or its bundle files are missing.
         """
-        self.entry(version)
-        self._point_latest(version)
-        logger.info("registry: latest now points to %s", version)
-        return self.resolve(version)
+        canonical = str(self.entry(version)["version"])
+        base = self._base(canonical)
+        archive = base.with_name(base.name + ".tar.gz")
+        missing = [str(path) for path in (base, archive) if not path.exists()]
+        if missing:
+            raise RegistryError(f"registry: files of version {canonical} are missing: {missing}; publish it again")
+        self._point_latest(canonical)
+        logger.info("registry: latest now points to %s", canonical)
+        return self.resolve(canonical)
 
     def prune(self) -> list[str]:
         """Remove versions beyond the retention rule; return the removed version strings."""
@@ -435,6 +450,8 @@ class Registry:
             base.with_name(base.name + ".tar.gz").unlink(missing_ok=True)
             shutil.rmtree(base, ignore_errors=True)
             removed.append(entry["version"])
+            with contextlib.suppress(OSError):
+                base.parent.rmdir()  # only succeeds once the run has no version left
         if removed:
             logger.info(
                 "registry: pruned %d version(s) %s (keeping the last %d%s)",
@@ -554,25 +571,39 @@ def publish_checkpoint(
         configuration describes other input columns than the checkpoint.
     ConfigError
         If the dataset configuration cannot be loaded.
+    ModelMismatchError
+        If the round's model does not load or does not fit its preprocessing.
     """
+    from common.bundle import load_model
     from common.config import load_dataset_config
     from common.preprocessing import Preprocessor
-    from server.checkpoints import RUN_FILE, round_folder_name
 
     run_path = Path(run_dir)
     if server_round < 1:
         raise RegistryError(f"registry: invalid round {server_round}: round 0 is the untrained model; give 1 or later")
+    if not run_path.is_dir():
+        raise RegistryError(f"registry: run folder {run_path} not found; give checkpoint-dir/run-name")
+    # Imported after the checks above, because it loads Keras, which takes seconds.
+    from server.checkpoints import RUN_FILE, round_folder_name
+
     folder = run_path / round_folder_name(server_round)
     if not folder.is_dir():
         raise RegistryError(f"registry: {folder} not found; list the run's round folders in {run_path}")
+    from_run_file = dataset is None
     if dataset is None:
+        run_file = run_path / RUN_FILE
         try:
-            dataset = str(json.loads((run_path / RUN_FILE).read_text(encoding="utf-8"))["settings"]["dataset"])
+            dataset = str(json.loads(run_file.read_text(encoding="utf-8"))["settings"]["dataset"])
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
             raise RegistryError(
-                f"registry: failed to read the dataset name from {run_path / RUN_FILE} ({error}); pass --dataset"
+                f"registry: failed to read the dataset name from {run_file} ({error}); pass --dataset"
             ) from error
-    config = load_dataset_config(dataset)
+    try:
+        config = load_dataset_config(dataset)
+    except ConfigError as error:
+        if not from_run_file:
+            raise
+        raise ConfigError(f"{error} (the dataset named in {run_path / RUN_FILE}); pass --dataset") from error
     preprocessor = Preprocessor.load(folder / PREPROCESSING_FILE)
     if (config.name, config.feature_columns) != (preprocessor.dataset, preprocessor.input_columns):
         raise RegistryError(
@@ -581,8 +612,15 @@ def publish_checkpoint(
             f"{len(preprocessor.input_columns)} input columns); pass the configuration the run trained with "
             "as --dataset"
         )
+    # Sites could not run a model that does not load or does not fit the preprocessing, so it is never signed.
+    model, _ = load_model(folder)
     return registry.publish(
-        folder, run_id=run_path.name, server_round=server_round, signing_key=signing_key, dataset_file=config.source
+        folder,
+        run_id=run_path.name,
+        server_round=server_round,
+        signing_key=signing_key,
+        dataset_file=config.source,
+        model=model,
     )
 
 

@@ -95,18 +95,19 @@ def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
             f"cannot read the signing key {source}: {error}; create one with "
             "'python -m server.signing init --out secrets/'"
         ) from error
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        logger.warning(
-            "signing: %s is readable by other users (mode %o); restrict it with chmod 600",
-            source,
-            stat.S_IMODE(mode),
-        )
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"{source} is not an unencrypted PEM private key: {error}") from error
     if not isinstance(key, Ed25519PrivateKey):
         raise ConfigError(f"{source} contains a {type(key).__name__}, not an Ed25519 private key")
+    # Checked after parsing, so a public key given by mistake gets no advice to restrict it.
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        logger.warning(
+            "signing: %s is readable by other users (mode %o); restrict it with chmod 600",
+            source,
+            stat.S_IMODE(mode),
+        )
     return key
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import shutil
 import stat
@@ -269,11 +270,17 @@ def test_generate_keypair_refuses_overwrite(tmp_path: Path) -> None:
         generate_keypair(tmp_path)
 
 
-def test_load_private_key_rejects_public_key(tmp_path: Path) -> None:
+def test_load_private_key_rejects_public_key(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     _, public_path = generate_keypair(tmp_path)
+    public_path.chmod(0o644)
 
-    with pytest.raises(ConfigError, match="not an unencrypted PEM private key"):
+    with caplog.at_level(logging.WARNING, logger="server.signing"), pytest.raises(
+        ConfigError, match="not an unencrypted PEM private key"
+    ):
         load_private_key(public_path)
+
+    # A public key is meant to be readable, so no advice to restrict it.
+    assert "chmod 600" not in caplog.text
 
 
 def test_signing_cli_init_and_fingerprint(tmp_path: Path) -> None:

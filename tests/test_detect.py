@@ -698,6 +698,21 @@ def test_follow_chunks_folder_removed(tmp_path: Path) -> None:
         remover.join()
 
 
+def test_follow_chunks_folder_removed_while_following(tmp_path: Path) -> None:
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    traffic = folder / "live.csv"
+    traffic.write_text("a,b,flag\n1,2,x\n", encoding="utf-8")
+    frames = []
+
+    with pytest.raises(DataFileNotFoundError, match=r"input folder .*exports was removed while following live\.csv"):
+        for frame in follow_chunks(traffic, poll_seconds=0.02, idle_timeout=10.0):
+            frames.append(frame)
+            shutil.rmtree(folder)
+
+    assert [len(frame) for frame in frames] == [1]
+
+
 def test_follow_chunks_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(DataFileNotFoundError, match=r"input folder not found: .*absent; check --input"):
         list(follow_chunks(tmp_path / "absent" / "live.csv", poll_seconds=0.01, idle_timeout=0.1))
@@ -763,6 +778,16 @@ def test_detect_main_keeps_input_file(tmp_path: Path, capsys: pytest.CaptureFixt
     assert status == 1
     assert "is also an output file" in capsys.readouterr().err
     assert capture.read_text(encoding="utf-8") == "a,b\n1,2\n"
+
+
+def test_detect_main_rejects_folder_as_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capture = tmp_path / "capture.csv"
+    capture.write_text("a,b\n1,2\n", encoding="utf-8")
+
+    status = detect_main(["--model", str(tmp_path / "none"), "--input", str(capture), "--out", str(tmp_path)])
+
+    assert status == 1
+    assert f"--out {tmp_path} is a folder; give a file name inside it" in capsys.readouterr().err
 
 
 def test_detect_main_checks_output_folder_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -19,7 +19,7 @@ from common.exceptions import (
     DataValidationError,
     EmptyDataError,
 )
-from common.loading import FlowTable, clean_flows, iter_flow_csv, load_flows, read_flow_csv
+from common.loading import FlowTable, clean_flows, iter_flow_csv, load_flows, parse_flow_text, read_flow_csv
 
 HEADER = "SrcAddr,Packet_num,Bytes,Dur,Flgs,Attack,Label"
 
@@ -231,7 +231,8 @@ def test_iter_extra_field_in_later_chunk_rejected(tmp_path: Path) -> None:
 
     assert len(next(chunks)) == 1
     assert len(next(chunks)) == 1
-    with pytest.raises(DataValidationError, match=r"flows\.csv is not a valid CSV file.*after data row 2"):
+    position = r"line 2, saw 3 \(line 1 there is the header; line 2 is data row 3 of the file\)"
+    with pytest.raises(DataValidationError, match=r"flows\.csv is not a valid CSV file.*" + position):
         next(chunks)
 
 
@@ -622,3 +623,13 @@ def test_load_nfton_binary(nfton_path: Path, nfton_config: DatasetConfig) -> Non
     table = load_flows(nfton_path, nfton_config, "binary")
     assert table.labels is not None
     assert np.bincount(table.labels).tolist() == [8_393, 30_000 - 8_393]
+
+
+def test_parse_flow_text_names_file_row_of_bad_line() -> None:
+    text = b"a,b\n1,2\n3,4,5\n"
+
+    with pytest.raises(DataValidationError, match=r"line 1 there is the header; line 2 is data row 101 of the file"):
+        parse_flow_text(text, Path("live.csv"), rows_before=100)
+    with pytest.raises(DataValidationError) as first_chunk:
+        parse_flow_text(text, Path("live.csv"))
+    assert "line 1 there is the header" not in str(first_chunk.value)

@@ -283,3 +283,99 @@ def test_registry_list_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixt
     assert _registry_command(tmp_path, "list") == 1
 
     assert "registry folder" in capsys.readouterr().err
+
+
+def test_registry_promote_writes_canonical_version(tmp_path: Path) -> None:
+    run_dir = _toy_run(tmp_path, 1, write_toy_dataset(tmp_path))
+    private_key, _ = generate_keypair(tmp_path / "keys")
+    publish = ["publish", "--run-dir", str(run_dir), "--round", "1", "--signing-key", str(private_key)]
+    assert _registry_command(tmp_path, *publish) == 0
+
+    assert _registry_command(tmp_path, "promote", "toy-run/round-0001") == 0
+
+    assert read_json(tmp_path / "registry" / "latest.json")["version"] == "toy-run/round-001"
+    latest = Registry(tmp_path / "registry").latest()
+    assert latest is not None
+    assert latest["is_latest"]
+
+
+def test_registry_promote_rejects_lost_files(
+    tmp_path: Path, toy_round: Path, signing_key: Ed25519PrivateKey, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = Registry(tmp_path / "registry")
+    dataset = write_toy_dataset(tmp_path)
+    for number in (1, 2):
+        registry.publish(
+            toy_round, run_id="run-c", server_round=number, signing_key=signing_key, dataset_file=dataset,
+            export_onnx=False,
+        )
+    archive = registry.archive_of("run-c/round-001")
+    archive.unlink()
+
+    assert _registry_command(tmp_path, "promote", "run-c/round-001") == 1
+
+    assert "files of version run-c/round-001 are missing" in capsys.readouterr().err
+    assert registry.latest_version() == "run-c/round-002"
+
+
+def test_registry_list_skips_incomplete_entry(
+    tmp_path: Path, toy_round: Path, signing_key: Ed25519PrivateKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = Registry(tmp_path / "registry")
+    dataset = write_toy_dataset(tmp_path)
+    for number in (1, 2):
+        registry.publish(
+            toy_round, run_id="run-d", server_round=number, signing_key=signing_key, dataset_file=dataset,
+            export_onnx=False,
+        )
+    (tmp_path / "registry" / "versions" / "run-d" / "round-002.json").write_text("{}", encoding="utf-8")
+
+    with caplog.at_level(logging.WARNING, logger="server.registry"):
+        versions = registry.list_versions()
+
+    assert [entry["version"] for entry in versions] == ["run-d/round-001"]
+    assert "skipped entry" in caplog.text
+    assert "round-002.json without ['version', 'run_id', 'round', 'created', 'metrics']" in caplog.text
+
+
+def test_registry_publish_rejects_damaged_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = _toy_run(tmp_path, 1, write_toy_dataset(tmp_path))
+    (run_dir / "round-001" / "model.keras").write_text("garbage", encoding="utf-8")
+    private_key, _ = generate_keypair(tmp_path / "keys")
+    publish = ["publish", "--run-dir", str(run_dir), "--round", "1", "--signing-key", str(private_key)]
+
+    assert _registry_command(tmp_path, *publish) == 1
+
+    assert "failed to load the Keras model" in capsys.readouterr().err
+    assert not (tmp_path / "registry" / "latest.json").exists()
+
+
+def test_registry_publish_rejects_wrong_window(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = _toy_run(tmp_path, 1, write_toy_dataset(tmp_path))
+    # A model for windows of 4 flows beside preprocessing for single flows.
+    write_toy_round(tmp_path / "other", 1, window=4)
+    (tmp_path / "other" / "model.keras").replace(run_dir / "round-001" / "model.keras")
+    private_key, _ = generate_keypair(tmp_path / "keys")
+    publish = ["publish", "--run-dir", str(run_dir), "--round", "1", "--signing-key", str(private_key)]
+
+    assert _registry_command(tmp_path, *publish) == 1
+
+    assert "do not match the preprocessing, which gives input (1, 5)" in capsys.readouterr().err
+    assert not (tmp_path / "registry" / "latest.json").exists()
+
+
+def test_registry_prune_removes_empty_run_folder(
+    tmp_path: Path, toy_round: Path, signing_key: Ed25519PrivateKey
+) -> None:
+    registry = Registry(tmp_path / "registry", keep_last=1, keep_best=False)
+    dataset = write_toy_dataset(tmp_path)
+    registry.publish(
+        toy_round, run_id="run-old", server_round=1, signing_key=signing_key, dataset_file=dataset, export_onnx=False
+    )
+
+    registry.publish(
+        toy_round, run_id="run-new", server_round=1, signing_key=signing_key, dataset_file=dataset, export_onnx=False
+    )
+
+    assert not (tmp_path / "registry" / "versions" / "run-old").exists()
+    assert (tmp_path / "registry" / "versions" / "run-new").is_dir()
