@@ -331,22 +331,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _TerminatedError(BaseException):
-    """Raised in the main thread when SIGTERM arrives, so that the run stops like on Ctrl-C.
+#: Set once metrics.json is written, so that a late signal does not claim otherwise.
+_metrics_written = False
 
-    It derives from BaseException, as KeyboardInterrupt does, so that no
-    ``except Exception`` in the training code swallows it.
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    """End the command at once on SIGINT or SIGTERM, with status 128 + the signal number.
+
+    The handler exits itself instead of raising an exception into the
+    training code, because an exception raised at an arbitrary point inside
+    TensorFlow or Keras can be swallowed, and the run then trains on.
+    Nothing is left to save: metrics.json is written atomically at the end.
     """
-
-
-def _raise_terminated(_signum: int, _frame: object) -> None:
-    raise _TerminatedError
+    what = "interrupted" if signum == signal.SIGINT else "terminated"
+    state = "metrics.json was already written" if _metrics_written else "metrics.json was not written"
+    print(f"{what}; {state}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(128 + signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    global _metrics_written
     try:
         config = load_dataset_config(args.dataset)
         task = config.task(args.task)
@@ -368,20 +375,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; metrics.json was not written", file=sys.stderr)
         return 128 + signal.SIGINT
-    except _TerminatedError:
-        print("terminated; metrics.json was not written", file=sys.stderr)
-        return 128 + signal.SIGTERM
+    _metrics_written = True
     print(format_table(metrics))
     print(f"wrote {args.out / 'metrics.json'}")
     return 0
 
 
 if __name__ == "__main__":
-    status = main()
-    if status in (128 + signal.SIGINT, 128 + signal.SIGTERM):
-        # An interrupt can leave TensorFlow's objects half torn down, and their
-        # destructors then print tracebacks at interpreter exit. Nothing is left to save.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
-    sys.exit(status)
+    # Installed here, not in main(), so that tests calling main() keep their own handlers.
+    signal.signal(signal.SIGINT, _exit_on_signal)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    sys.exit(main())
