@@ -343,9 +343,9 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
     TensorFlow or Keras can be swallowed, and the run then trains on.
     Nothing is left to save: metrics.json is written atomically at the end.
     """
-    what = "interrupted" if signum == signal.SIGINT else "terminated"
+    event = "interrupted" if signum == signal.SIGINT else "terminated"
     state = "metrics.json was already written" if _metrics_written else "metrics.json was not written"
-    print(f"{what}; {state}", file=sys.stderr, flush=True)
+    print(f"{event}; {state}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(128 + signum)
 
