@@ -56,7 +56,7 @@ import pandas as pd
 
 from common.bundle import PUBLIC_KEY_ENV, Bundle, load_bundle, load_public_key
 from common.config import DatasetConfig
-from common.exceptions import DataFileNotFoundError, DataValidationError, FedIDSError
+from common.exceptions import DataFileNotFoundError, DataValidationError, FedIDSError, ModelMismatchError
 from common.inference import RUNTIMES, Predictor, make_predictor
 from common.loading import (
     DEFAULT_CHUNK_BYTES,
@@ -336,7 +336,14 @@ class FlowDetector:
             step_end = min(step_start + WINDOWS_PER_STEP, n_windows)
             block = history[start + step_start : start + step_end + self.window - 1]
             parts.append(self.predictor.predict(_windows(block, self.window)))
-        return np.concatenate(parts)
+        probabilities = np.concatenate(parts)
+        if not np.all(np.isfinite(probabilities)):
+            # NaN probabilities would all be read as the first class, so a broken model would hide every attack.
+            raise ModelMismatchError(
+                "the model returned NaN or infinite probabilities (its weights are probably not finite); "
+                "pull another model version"
+            )
+        return probabilities
 
     def _predictions(self, rows: np.ndarray, probabilities: np.ndarray) -> pd.DataFrame:
         predicted = probabilities.argmax(axis=1)
@@ -974,6 +981,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise DataValidationError(f"{option} {target}: folder {target.parent} not found; create it first")
             if target is not None and target.is_dir():
                 raise DataValidationError(f"{option} {target} is a folder; give a file name inside it")
+            # The output is written beside the target and renamed over it, which would
+            # replace a device, a pipe or a symbolic link instead of writing through it.
+            if target is not None and (target.is_symlink() or (target.exists() and not target.is_file())):
+                raise DataValidationError(
+                    f"{option} {target} is not a regular file (a link, device or pipe); give a plain file name"
+                )
+        if args.summary is not None and args.summary.resolve() == args.out.resolve():
+            raise DataValidationError(f"--summary {args.summary} is also --out; give two different files")
         written = [path.resolve() for path in (args.out, args.summary) if path is not None]
         if args.input.resolve() in written:
             raise DataValidationError(

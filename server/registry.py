@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -87,16 +88,47 @@ def entry_metrics(round_metrics: Mapping[str, Any]) -> dict[str, Any]:
     Test-block metrics keep their names (``f1``, ``fpr``, ...); validation
     metrics get a ``val_`` prefix. Unknown values are ``None``.
     """
-    test = round_metrics.get("metrics") or {}
-    validation = round_metrics.get("validation_metrics") or {}
-    result: dict[str, Any] = {key: test.get(key) for key in ENTRY_METRICS}
-    result["loss"] = round_metrics.get("loss")
-    result["num_examples"] = test.get("n_samples")
-    result["val_f1"] = validation.get("f1")
-    result["val_macro_f1"] = validation.get("macro_f1")
-    result["val_fpr"] = validation.get("fpr")
-    result["val_num_examples"] = validation.get("n_samples")
+    test = round_metrics.get("metrics")
+    test = test if isinstance(test, Mapping) else {}
+    validation = round_metrics.get("validation_metrics")
+    validation = validation if isinstance(validation, Mapping) else {}
+    result: dict[str, Any] = {key: _finite(test.get(key)) for key in ENTRY_METRICS}
+    result["loss"] = _finite(round_metrics.get("loss"))
+    result["num_examples"] = _finite(test.get("n_samples"))
+    result["val_f1"] = _finite(validation.get("f1"))
+    result["val_macro_f1"] = _finite(validation.get("macro_f1"))
+    result["val_fpr"] = _finite(validation.get("fpr"))
+    result["val_num_examples"] = _finite(validation.get("n_samples"))
     return result
+
+
+def _finite(value: Any) -> float | int | None:
+    """Return ``value`` if it is a finite number, else ``None`` (NaN, text and null are all unknown)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return value
+
+
+def entry_problem(entry: Any, entry_path: Path) -> str | None:
+    """Return what makes a registry entry unusable, or ``None`` when it is complete.
+
+    An entry is usable when it is a JSON object with every key of
+    :data:`ENTRY_KEYS` of the right type and names the version its file
+    name gives (``versions/<run>/round-NNN.json``).
+    """
+    if not isinstance(entry, dict):
+        return f"is a JSON {type(entry).__name__}, not an object"
+    missing = [key for key in ENTRY_KEYS if key not in entry]
+    if missing:
+        return f"has no {missing}"
+    types = {"version": str, "run_id": str, "round": int, "created": str, "metrics": dict}
+    wrong = [key for key, kind in types.items() if not isinstance(entry[key], kind) or isinstance(entry[key], bool)]
+    if wrong:
+        return f"has values of the wrong type for {wrong}"
+    expected = f"{entry_path.parent.name}/{entry_path.stem}"
+    if entry["version"] != expected:
+        return f"names version {entry['version']!r}, but its file is for {expected!r}"
+    return None
 
 
 class Registry:
@@ -164,6 +196,9 @@ class Registry:
             ) from error
         except (OSError, json.JSONDecodeError) as error:
             raise RegistryError(f"registry: cannot read {entry_path}: {error}") from error
+        problem = entry_problem(entry, entry_path)
+        if problem is not None:
+            raise RegistryError(f"registry: entry {entry_path} {problem}; publish the round again")
         return dict(entry)
 
     # ---- reading -----------------------------------------------------------
@@ -178,9 +213,9 @@ class Registry:
             except (OSError, json.JSONDecodeError) as error:
                 logger.warning("registry: skipped unreadable entry %s: %s", entry_path, error)
                 continue
-            missing = [key for key in ENTRY_KEYS if not isinstance(entry, dict) or key not in entry]
-            if missing:
-                logger.warning("registry: skipped entry %s without %s", entry_path, missing)
+            problem = entry_problem(entry, entry_path)
+            if problem is not None:
+                logger.warning("registry: skipped entry %s, which %s", entry_path, problem)
                 continue
             entries.append(entry)
         entries.sort(key=lambda entry: (entry["created"], entry["run_id"], entry["round"]), reverse=True)
@@ -199,7 +234,7 @@ class Registry:
 
     @staticmethod
     def _best_of(entries: list[dict[str, Any]]) -> str | None:
-        scored = [entry for entry in entries if entry["metrics"].get("val_f1") is not None]
+        scored = [entry for entry in entries if _finite(entry["metrics"].get("val_f1")) is not None]
         if not scored:
             return None
         # Entries are newest first and max() keeps the first maximum, so a tie goes to the newer version.
@@ -306,12 +341,17 @@ class Registry:
             raise RegistryError(f"registry: run id {run_id!r} is not a plain folder name")
         version = BundleVersion(run_id, server_round, _now())
         base = self._base(str(version))
+        self._clear_broken(str(version))
         if base.exists() or base.with_name(base.name + ".json").exists():
             raise RegistryError(f"registry: version {version} is already published in {self.root}")
         source = Path(model_folder)
         missing = [name for name in (MODEL_FILE, PREPROCESSING_FILE, METRICS_FILE) if not (source / name).is_file()]
         if missing or not Path(dataset_file).is_file():
             raise RegistryError(f"registry: cannot publish {version}: {source} lacks {missing or [str(dataset_file)]}")
+        try:
+            json.loads((source / METRICS_FILE).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise RegistryError(f"registry: {source / METRICS_FILE} is not valid JSON: {error}") from error
 
         base.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=base.parent))
@@ -336,6 +376,24 @@ class Registry:
         )
         self.prune()
         return entry
+
+    def _clear_broken(self, version: str) -> None:
+        """Remove what is left of ``version`` when its entry, folder or archive is missing or unusable."""
+        base = self._base(version)
+        entry_path = base.with_name(base.name + ".json")
+        archive = base.with_name(base.name + ".tar.gz")
+        if not any(path.exists() for path in (base, entry_path, archive)):
+            return
+        try:
+            entry = json.loads(entry_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            entry = None
+        if entry is not None and entry_problem(entry, entry_path) is None and base.is_dir() and archive.is_file():
+            return
+        logger.warning("registry: removing the incomplete files of %s before publishing it again", version)
+        entry_path.unlink(missing_ok=True)
+        archive.unlink(missing_ok=True)
+        shutil.rmtree(base, ignore_errors=True)
 
     def _build(
         self,
@@ -362,6 +420,7 @@ class Registry:
         # Check what is about to be published exactly as a site will.
         manifest, _ = verify_bundle(bundle_dir, signing_key.public_key())
         archive = pack_bundle(bundle_dir, staging / "bundle.tar.gz")
+        # publish() has checked that this copy of metrics.json parses.
         round_metrics = json.loads((bundle_dir / METRICS_FILE).read_text(encoding="utf-8"))
         return {
             "version": str(version),
@@ -419,14 +478,27 @@ class Registry:
         Raises
         ------
         RegistryError
-            If the version is not published or its bundle files are missing.
+            If the version is not published, or its bundle files are missing
+            or differ from what was published.
         """
-        canonical = str(self.entry(version)["version"])
+        entry = self.entry(version)
+        canonical = str(entry["version"])
         base = self._base(canonical)
         archive = base.with_name(base.name + ".tar.gz")
         missing = [str(path) for path in (base, archive) if not path.exists()]
         if missing:
             raise RegistryError(f"registry: files of version {canonical} are missing: {missing}; publish it again")
+        # Sites verify the signature; here the files are checked against the entry and the manifest.
+        try:
+            changed = not archive.is_file() or file_sha256(archive) != entry.get("sha256")
+            verify_bundle(base, None, require_signature=False)
+        except (BundleVerificationError, OSError) as error:
+            raise RegistryError(f"registry: version {canonical} is damaged: {error}; publish it again") from error
+        if changed:
+            raise RegistryError(
+                f"registry: version {canonical} is damaged: {archive} differs from the archive that was "
+                "published; publish it again"
+            )
         self._point_latest(canonical)
         logger.info("registry: latest now points to %s", canonical)
         return self.resolve(canonical)
@@ -463,8 +535,9 @@ class Registry:
         return removed
 
 
-def _format(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+def _format(value: Any) -> str:
+    number = _finite(value)
+    return "n/a" if number is None else f"{number:.4f}"
 
 
 @dataclass
@@ -494,9 +567,14 @@ class RoundPublisher:
                 model=model,
                 export_onnx=self.export_onnx,
             )
-        except (FedIDSError, OSError) as error:
+        except Exception as error:
+            # Publishing must never stop training, whatever the registry's files contain.
             logger.error(
-                "round %d: registry: publishing failed, the checkpoint stays in %s: %s", server_round, folder, error
+                "round %d: registry: publishing failed, the checkpoint stays in %s: %s: %s",
+                server_round,
+                folder,
+                type(error).__name__,
+                error,
             )
             return None
 
@@ -573,7 +651,11 @@ def publish_checkpoint(
         If the dataset configuration cannot be loaded.
     ModelMismatchError
         If the round's model does not load or does not fit its preprocessing.
+    RegistryError
+        Also if the model has NaN or infinite weights.
     """
+    import numpy as np
+
     from common.bundle import load_model
     from common.config import load_dataset_config
     from common.preprocessing import Preprocessor
@@ -614,6 +696,8 @@ def publish_checkpoint(
         )
     # Sites could not run a model that does not load or does not fit the preprocessing, so it is never signed.
     model, _ = load_model(folder)
+    if not all(np.all(np.isfinite(weights)) for weights in model.get_weights()):
+        raise RegistryError(f"registry: {folder / MODEL_FILE} has NaN or infinite weights; publish another round")
     return registry.publish(
         folder,
         run_id=run_path.name,
@@ -645,7 +729,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep",
         type=int,
         default=DEFAULT_KEEP_LAST,
-        help=f"versions kept besides the best and the latest when publishing (default: {DEFAULT_KEEP_LAST})",
+        help=f"most recent versions kept when publishing, plus the latest and the best (default: {DEFAULT_KEEP_LAST})",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="list the published versions, newest first")

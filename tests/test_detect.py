@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -32,7 +33,7 @@ from client.detect import (
 )
 from client.detect import main as detect_main
 from common.bundle import Bundle, load_bundle, save_model
-from common.exceptions import DataFileNotFoundError, DataValidationError
+from common.exceptions import DataFileNotFoundError, DataValidationError, ModelMismatchError
 from common.inference import KerasPredictor, OnnxPredictor, make_predictor
 from common.loading import clean_flows, read_flow_csv
 from common.model import build_cnn_lstm
@@ -788,6 +789,48 @@ def test_detect_main_rejects_folder_as_output(tmp_path: Path, capsys: pytest.Cap
 
     assert status == 1
     assert f"--out {tmp_path} is a folder; give a file name inside it" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_detect_main_rejects_special_output(tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str) -> None:
+    capture = tmp_path / "capture.csv"
+    capture.write_text("a,b\n1,2\n", encoding="utf-8")
+    target = tmp_path / "predictions.csv"
+    if kind == "symlink":
+        target.symlink_to(tmp_path / "elsewhere.csv")
+    else:
+        os.mkfifo(target)
+
+    status = detect_main(["--model", str(tmp_path / "none"), "--input", str(capture), "--out", str(target)])
+
+    assert status == 1
+    assert f"--out {target} is not a regular file (a link, device or pipe)" in capsys.readouterr().err
+    assert target.is_symlink() if kind == "symlink" else stat.S_ISFIFO(target.stat().st_mode)
+
+
+def test_detect_main_rejects_summary_equal_to_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capture = tmp_path / "capture.csv"
+    capture.write_text("a,b\n1,2\n", encoding="utf-8")
+    out = str(tmp_path / "result.csv")
+
+    status = detect_main(["--model", str(tmp_path / "none"), "--input", str(capture), "--out", out, "--summary", out])
+
+    assert status == 1
+    assert "is also --out; give two different files" in capsys.readouterr().err
+
+
+class _NaNPredictor:
+    """Stands in for a model whose weights became NaN."""
+
+    name = "nan"
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return np.full((len(X), 2), np.nan, dtype=np.float32)
+
+
+def test_detect_frame_rejects_nan_probabilities(bundle_w1: Bundle) -> None:
+    with pytest.raises(ModelMismatchError, match="the model returned NaN or infinite probabilities"):
+        detect_frame(bundle_w1, toy_frame([1, 9, 2]), predictor=_NaNPredictor())
 
 
 def test_detect_main_checks_output_folder_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

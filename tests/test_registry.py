@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -335,7 +337,7 @@ def test_registry_list_skips_incomplete_entry(
 
     assert [entry["version"] for entry in versions] == ["run-d/round-001"]
     assert "skipped entry" in caplog.text
-    assert "round-002.json without ['version', 'run_id', 'round', 'created', 'metrics']" in caplog.text
+    assert "round-002.json, which has no ['version', 'run_id', 'round', 'created', 'metrics']" in caplog.text
 
 
 def test_registry_publish_rejects_damaged_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -379,3 +381,141 @@ def test_registry_prune_removes_empty_run_folder(
 
     assert not (tmp_path / "registry" / "versions" / "run-old").exists()
     assert (tmp_path / "registry" / "versions" / "run-new").is_dir()
+
+
+def _publish_toy(
+    registry: Registry, source: Path, key: Ed25519PrivateKey, dataset: Path, run_id: str, rounds: int
+) -> None:
+    for number in range(1, rounds + 1):
+        registry.publish(
+            source, run_id=run_id, server_round=number, signing_key=key, dataset_file=dataset, export_onnx=False
+        )
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"metrics": None}, "has values of the wrong type for ['metrics']"),
+        ({"round": "1"}, "has values of the wrong type for ['round']"),
+        ({"version": "run-e/round-002"}, "names version 'run-e/round-002', but its file is for 'run-e/round-001'"),
+    ],
+)
+def test_registry_damaged_entry_skipped(
+    tmp_path: Path,
+    toy_round: Path,
+    signing_key: Ed25519PrivateKey,
+    capsys: pytest.CaptureFixture[str],
+    change: dict[str, object],
+    problem: str,
+) -> None:
+    registry = Registry(tmp_path / "registry")
+    _publish_toy(registry, toy_round, signing_key, write_toy_dataset(tmp_path), "run-e", 2)
+    entry_path = tmp_path / "registry" / "versions" / "run-e" / "round-001.json"
+    entry_path.write_text(json.dumps({**read_json(entry_path), **change}), encoding="utf-8")
+
+    assert [entry["version"] for entry in registry.list_versions()] == ["run-e/round-002"]
+    assert _registry_command(tmp_path, "list") == 0
+    assert _registry_command(tmp_path, "promote", "run-e/round-001") == 1
+
+    err = capsys.readouterr().err
+    assert problem in err
+    assert "Traceback" not in err
+    assert registry.latest_version() == "run-e/round-002"
+
+
+def test_registry_text_metric_values_ignored(tmp_path: Path, signing_key: Ed25519PrivateKey) -> None:
+    folder = write_toy_round(tmp_path / "round", 1)
+    metrics = read_json(folder / "metrics.json")
+    metrics["validation_metrics"] = {"f1": "high"}
+    metrics["metrics"] = {"f1": float("nan")}
+    (folder / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    registry = Registry(tmp_path / "registry")
+
+    entry = registry.publish(
+        folder, run_id="run-g", server_round=1, signing_key=signing_key, dataset_file=write_toy_dataset(tmp_path),
+        export_onnx=False,
+    )
+
+    assert entry["metrics"]["val_f1"] is None
+    assert entry["metrics"]["f1"] is None
+    assert registry.best() is None
+    assert [item["version"] for item in registry.list_versions()] == ["run-g/round-001"]
+
+
+def test_registry_rejects_invalid_metrics_file(tmp_path: Path, signing_key: Ed25519PrivateKey) -> None:
+    folder = write_toy_round(tmp_path / "round", 1)
+    (folder / "metrics.json").write_text("not json", encoding="utf-8")
+    registry = Registry(tmp_path / "registry")
+
+    with pytest.raises(RegistryError, match=r"metrics\.json is not valid JSON"):
+        registry.publish(
+            folder, run_id="run-h", server_round=1, signing_key=signing_key, dataset_file=write_toy_dataset(tmp_path),
+            export_onnx=False,
+        )
+
+    assert not (tmp_path / "registry" / "versions" / "run-h" / "round-001").exists()
+
+
+def test_registry_republishes_version_with_lost_files(
+    tmp_path: Path, toy_round: Path, signing_key: Ed25519PrivateKey
+) -> None:
+    registry = Registry(tmp_path / "registry")
+    dataset = write_toy_dataset(tmp_path)
+    _publish_toy(registry, toy_round, signing_key, dataset, "run-i", 1)
+    shutil.rmtree(registry.path_of("run-i/round-001"))
+
+    entry = registry.publish(
+        toy_round, run_id="run-i", server_round=1, signing_key=signing_key, dataset_file=dataset, export_onnx=False
+    )
+
+    assert entry["version"] == "run-i/round-001"
+    assert registry.path_of("run-i/round-001").is_dir()
+
+
+def test_registry_promote_rejects_damaged_archive(
+    tmp_path: Path, toy_round: Path, signing_key: Ed25519PrivateKey, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = Registry(tmp_path / "registry")
+    _publish_toy(registry, toy_round, signing_key, write_toy_dataset(tmp_path), "run-j", 2)
+    registry.archive_of("run-j/round-001").write_bytes(b"")
+
+    assert _registry_command(tmp_path, "promote", "run-j/round-001") == 1
+
+    assert "version run-j/round-001 is damaged" in capsys.readouterr().err
+    assert registry.latest_version() == "run-j/round-002"
+
+
+def test_registry_publish_rejects_nan_weights(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import keras
+
+    run_dir = _toy_run(tmp_path, 1, write_toy_dataset(tmp_path))
+    model_path = run_dir / "round-001" / "model.keras"
+    model = keras.saving.load_model(model_path, compile=False)
+    model.set_weights([np.full_like(weights, np.nan) for weights in model.get_weights()])
+    model.save(model_path)
+    private_key, _ = generate_keypair(tmp_path / "keys")
+    publish = ["publish", "--run-dir", str(run_dir), "--round", "1", "--signing-key", str(private_key)]
+
+    assert _registry_command(tmp_path, *publish) == 1
+
+    assert "has NaN or infinite weights" in capsys.readouterr().err
+    assert not (tmp_path / "registry" / "latest.json").exists()
+
+
+def test_round_publisher_survives_any_error(
+    tmp_path: Path, toy_round: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    private_path, _ = generate_keypair(tmp_path / "keys")
+    registry = Registry(tmp_path / "registry")
+    publisher = RoundPublisher(registry, load_private_key(private_path), "run-k", write_toy_dataset(tmp_path))
+
+    def broken_publish(*_args: object, **_kwargs: object) -> dict[str, object]:
+        raise AttributeError("'NoneType' object has no attribute 'get'")
+
+    monkeypatch.setattr(registry, "publish", broken_publish)
+    with caplog.at_level(logging.ERROR, logger="server.registry"):
+        entry = publisher.publish_round(1, toy_round)
+
+    assert entry is None
+    assert "round 1: registry: publishing failed" in caplog.text
+    assert "AttributeError" in caplog.text
