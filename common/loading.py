@@ -25,6 +25,7 @@ import gzip
 import io
 import logging
 import os
+import re
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -343,15 +344,30 @@ def parse_flow_text(text: bytes, path: Path, rows_before: int = 0) -> pd.DataFra
             if raw is None:
                 raw = pd.read_csv(io.BytesIO(text), header=None, dtype=str, na_filter=False, encoding="utf-8-sig")
     except DataValidationError as error:
-        if rows_before == 0:
+        row = _data_row_of_line(text, str(error), rows_before)
+        if row is None:
             raise
         # The parsed text restarts at the header, so its line numbers are not the file's.
         raise DataValidationError(
-            f"{error} (line 1 there is the header; line 2 is data row {rows_before + 1} of the file)"
+            f"{error} (data row {row} of the file, counted from 0 like the predictions' row)"
         ) from error
     frame = raw.iloc[1:].reset_index(drop=True)
     frame.columns = pd.Index(_header_names(raw.iloc[0].tolist(), path))
     return frame
+
+
+def _data_row_of_line(text: bytes, message: str, rows_before: int) -> int | None:
+    """Return the file's 0-based data row of the line a parser error names, or ``None`` if it names none.
+
+    ``text`` starts with the header (its line 1), and blank lines are skipped
+    like the parser skips them. A quoted field that spans lines makes the
+    result an estimate.
+    """
+    match = re.search(r"\bline (\d+)", message)
+    if match is None:
+        return None
+    lines = text.split(b"\n")[1 : int(match.group(1)) - 1]
+    return rows_before + sum(1 for line in lines if line.rstrip(b"\r"))
 
 
 def _checked_csv_path(path: str | os.PathLike[str]) -> tuple[Path, Literal["gzip"] | None]:

@@ -231,7 +231,7 @@ def test_iter_extra_field_in_later_chunk_rejected(tmp_path: Path) -> None:
 
     assert len(next(chunks)) == 1
     assert len(next(chunks)) == 1
-    position = r"line 2, saw 3 \(line 1 there is the header; line 2 is data row 3 of the file\)"
+    position = r"line 2, saw 3 \(data row 2 of the file, counted from 0"
     with pytest.raises(DataValidationError, match=r"flows\.csv is not a valid CSV file.*" + position):
         next(chunks)
 
@@ -626,10 +626,10 @@ def test_load_nfton_binary(nfton_path: Path, nfton_config: DatasetConfig) -> Non
 
 
 def test_parse_flow_text_names_file_row_of_bad_line() -> None:
-    text = b"a,b\n1,2\n3,4,5\n"
+    # Data rows 100 and 101 of the file, a blank line, then the bad data row 102.
+    text = b"a,b\n1,2\n\n3,4\n5,6,7\n"
 
-    with pytest.raises(DataValidationError, match=r"line 1 there is the header; line 2 is data row 101 of the file"):
+    with pytest.raises(DataValidationError, match=r"line 5, saw 3 \(data row 102 of the file, counted from 0"):
         parse_flow_text(text, Path("live.csv"), rows_before=100)
-    with pytest.raises(DataValidationError) as first_chunk:
+    with pytest.raises(DataValidationError, match=r"line 5, saw 3 \(data row 2 of the file"):
         parse_flow_text(text, Path("live.csv"))
-    assert "line 1 there is the header" not in str(first_chunk.value)
