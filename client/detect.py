@@ -685,6 +685,8 @@ def follow_chunks(
     header = b""
     rows_before = 0
     last_data = time.monotonic()
+    missing_since: float | None = None
+    missing_warnings = 0
     while True:
         with path.open("rb") as stream:
             if stream.read(2) == b"\x1f\x8b":
@@ -725,6 +727,20 @@ def follow_chunks(
                     raise DataFileNotFoundError(
                         f"input folder {path.parent} was removed while following {path.name}; check --input"
                     )
+                now = time.monotonic()
+                if current is None:
+                    # A rotation recreates the file at once, so a long gap means it was deleted.
+                    missing_since = now if missing_since is None else missing_since
+                    if now - missing_since >= MISSING_INPUT_WARNING_SECONDS * (missing_warnings + 1):
+                        missing_warnings += 1
+                        logger.warning(
+                            "follow: %s has been missing for %.0f s; it was deleted, or the exporter stopped "
+                            "while rotating it",
+                            path,
+                            now - missing_since,
+                        )
+                else:
+                    missing_since, missing_warnings = None, 0
                 if current is not None and current.st_ino != identity:
                     logger.info("follow: %s was replaced (rotated); reading the new file from its start", path)
                     replaced = True
@@ -734,7 +750,7 @@ def follow_chunks(
                         f"{path} shrank from {position} to {current.st_size} bytes (truncated in place); "
                         "restart detection on the new file"
                     )
-                if idle_timeout > 0 and time.monotonic() - last_data >= idle_timeout:
+                if idle_timeout > 0 and now - last_data >= idle_timeout:
                     logger.info("follow: no new rows in %s for %.0f s, stopping", path, idle_timeout)
                     return
                 time.sleep(poll_seconds)

@@ -714,6 +714,24 @@ def test_follow_chunks_folder_removed_while_following(tmp_path: Path) -> None:
     assert [len(frame) for frame in frames] == [1]
 
 
+def test_follow_chunks_warns_when_file_deleted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("client.detect.MISSING_INPUT_WARNING_SECONDS", 0.1)
+    traffic = tmp_path / "live.csv"
+    traffic.write_text("a,b,flag\n1,2,x\n", encoding="utf-8")
+    frames = []
+
+    with caplog.at_level(logging.WARNING, logger="client.detect"):
+        for frame in follow_chunks(traffic, poll_seconds=0.02, idle_timeout=0.8):
+            frames.append(frame)
+            traffic.unlink()
+
+    assert [len(frame) for frame in frames] == [1]
+    assert "live.csv has been missing for" in caplog.text
+    assert "it was deleted, or the exporter stopped while rotating it" in caplog.text
+
+
 def test_follow_chunks_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(DataFileNotFoundError, match=r"input folder not found: .*absent; check --input"):
         list(follow_chunks(tmp_path / "absent" / "live.csv", poll_seconds=0.01, idle_timeout=0.1))
