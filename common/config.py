@@ -318,6 +318,8 @@ def load_dataset_config(
     """
     path = Path(name_or_path)
     if path.suffix != ".toml":
+        if path.is_file():
+            raise ConfigError(f"{path} is not a dataset configuration: give a .toml file or a dataset name")
         folder = Path(config_dir) if config_dir is not None else DEFAULT_CONFIG_DIR
         path = folder / f"{name_or_path}.toml"
     if not path.is_file():

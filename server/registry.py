@@ -579,6 +579,12 @@ class RoundPublisher:
             return None
 
 
+def check_registry_dir(registry_dir: str | os.PathLike[str]) -> None:
+    """Raise ConfigError if ``registry_dir`` exists and is not a folder, before any round is trained."""
+    if Path(registry_dir).exists() and not Path(registry_dir).is_dir():
+        raise ConfigError(f"registry-dir {registry_dir} is a file, not a folder; give a folder for the model bundles")
+
+
 def publisher_from_settings(
     registry_dir: str, signing_key: str, keep_last: int, run_id: str, dataset_file: Path
 ) -> RoundPublisher | None:
@@ -590,7 +596,8 @@ def publisher_from_settings(
     Raises
     ------
     ConfigError
-        If ``signing_key`` names a file that is missing or not an Ed25519 private key.
+        If ``signing_key`` names a file that is missing or not an Ed25519
+        private key, or ``registry_dir`` is a file.
     """
     from server.signing import load_private_key
 
@@ -601,6 +608,7 @@ def publisher_from_settings(
         )
         return None
     key = load_private_key(signing_key)
+    check_registry_dir(registry_dir)
     registry = Registry(registry_dir, keep_last=keep_last)
     logger.info(
         "registry: publishing every round of %s to %s (keeping the last %d and the best), signer %s",

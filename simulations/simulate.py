@@ -250,9 +250,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(f"{config.name} has no capture order, so --window must be 1, got {window}")
     site_overrides = _parse_site_files(args.site_file, args.sites)
     if args.signing_key:
+        from server.registry import check_registry_dir
         from server.signing import load_private_key
 
-        load_private_key(args.signing_key)  # fail now, not after the data is read and partitioned
+        # Fail now on a bad key or registry folder, not after the data is read and partitioned.
+        load_private_key(args.signing_key)
+        check_registry_dir(args.registry_dir or args.out / "registry")
     min_sites = args.min_sites or min(2, args.sites)
     if min_sites > args.sites:
         raise ConfigError(f"--min-sites {min_sites} is larger than --sites {args.sites}")

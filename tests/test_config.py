@@ -199,6 +199,14 @@ def test_config_missing_shipped_name_lists_shipped() -> None:
         load_dataset_config("no-such-dataset")
 
 
+def test_config_other_file_rejected(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    report.write_text("{}", encoding="utf-8")
+
+    with pytest.raises(ConfigError, match=r"report\.json is not a dataset configuration: give a \.toml file"):
+        load_dataset_config(report)
+
+
 def test_config_invalid_toml_rejected(tmp_path: Path) -> None:
     expect_error(tmp_path, VALID + "\nbroken = [1,\n", "invalid TOML")
 

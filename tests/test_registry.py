@@ -149,6 +149,14 @@ def test_publisher_missing_key_file_fails(tmp_path: Path) -> None:
         publisher_from_settings(str(tmp_path), str(tmp_path / "none.key"), 5, "run-e", tmp_path / "toy.toml")
 
 
+def test_publisher_rejects_file_as_registry(tmp_path: Path) -> None:
+    private_path, _ = generate_keypair(tmp_path / "keys")
+    (tmp_path / "registry").write_text("", encoding="utf-8")
+
+    with pytest.raises(ConfigError, match=r"registry-dir .*registry is a file, not a folder"):
+        publisher_from_settings(str(tmp_path / "registry"), str(private_path), 5, "run-l", write_toy_dataset(tmp_path))
+
+
 def test_round_publisher_logs_failure(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     private_path, _ = generate_keypair(tmp_path / "keys")
     publisher = RoundPublisher(

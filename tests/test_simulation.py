@@ -329,6 +329,22 @@ def test_simulation_rejects_missing_signing_key(tmp_path: Path, wustl_path: Path
     assert "Traceback" not in completed.stderr
 
 
+def test_simulation_rejects_file_as_registry(tmp_path: Path, wustl_path: Path) -> None:
+    private_key, _ = generate_keypair(tmp_path / "keys")
+    registry = tmp_path / "registry"
+    registry.write_text("", encoding="utf-8")
+
+    completed = _run_simulate(
+        wustl_path.parent.parent, "--signing-key", str(private_key), "--registry-dir", str(registry),
+        "--out", str(tmp_path / "out"),
+    )
+
+    assert completed.returncode == 2
+    assert "is a file, not a folder" in completed.stderr
+    assert "partition" not in completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
 def test_simulation_rejects_bad_site_file_argument(tmp_path: Path, wustl_path: Path) -> None:
     completed = _run_simulate(wustl_path.parent.parent, "--site-file", "5=missing.csv", "--out", str(tmp_path))
 
