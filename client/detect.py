@@ -640,6 +640,18 @@ def _result(detector: FlowDetector, predictions: pd.DataFrame, source: str, seco
 # ---------------------------------------------------------------------------
 
 
+class _Terminated(BaseException):
+    """Raised in the main thread by SIGTERM during a one-off scoring, so that it stops like on Ctrl-C.
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception``
+    catches it; the normal exit that follows removes the bundle's private copy.
+    """
+
+
+def _raise_terminated(_signum: int, _frame: FrameType | None) -> None:
+    raise _Terminated
+
+
 class _Stop:
     """Set by SIGINT or SIGTERM, so --follow finishes its summary instead of dying mid-write."""
 
@@ -981,6 +993,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (0 success, 1 bad input or bundle, 2 bad arguments)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # --follow replaces this handler with one that finishes the summary first.
+    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         for option, value in (("--batch-size", args.batch_size), ("--threads", args.threads)):
             if value is not None and value < 1:
@@ -1033,6 +1047,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FedIDSError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"interrupted; {args.out} was not written", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except _Terminated:
+        print(f"terminated; {args.out} was not written", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
     print(_one_line(result))
     return EXIT_OK
 

@@ -394,6 +394,7 @@ def verify_bundle(
     public_key: Ed25519PublicKey | None,
     *,
     require_signature: bool = True,
+    warn_unverified: bool = True,
 ) -> tuple[dict[str, Any], bool]:
     """Check a bundle folder's signature, then its file list and every checksum.
 
@@ -407,6 +408,9 @@ def verify_bundle(
     require_signature : bool, default=True
         Reject a bundle without ``manifest.sig``. Turning this off is meant
         for development with models that never left the machine.
+    warn_unverified : bool, default=True
+        Log a WARNING when only checksums are checked. The coordinator turns
+        it off to check its own registry, where it has no public key.
 
     Returns
     -------
@@ -451,9 +455,9 @@ def verify_bundle(
                 f"by another key than {key_fingerprint(public_key)[:16]}"
             ) from error
         verified = True
-    elif has_signature:
+    elif warn_unverified and has_signature:
         logger.warning("bundle: %s is signed, but no public key was given; checking checksums only", folder)
-    else:
+    elif warn_unverified:
         logger.warning("bundle: %s is unsigned; checking checksums only", folder)
 
     manifest = _parse_manifest(folder, manifest_bytes)

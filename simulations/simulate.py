@@ -327,6 +327,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "signing-key": str(args.signing_key.resolve()) if args.signing_key else "",
     }
     started = time.perf_counter()
+    global _active_run_dir
+    _active_run_dir = checkpoint_dir / run_name
     run_federation(settings, args.sites)
     federation_seconds = time.perf_counter() - started
 
@@ -498,6 +500,27 @@ def run_federation(settings: dict[str, Any], n_sites: int) -> None:
             os.environ.pop(name, None)
 
 
+#: The run folder of the federation in progress, so that a signal can mark its run.json.
+_active_run_dir: Path | None = None
+
+
+def _mark_run_stopped(signum: int) -> None:
+    """Set ``status`` in the active run's run.json to ``"interrupted"``, so dashboards stop showing it as running."""
+    if _active_run_dir is None:
+        return
+    path = _active_run_dir / "run.json"
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(info, dict) and info.get("status") == "running":
+            info["status"] = "interrupted"
+            info["error"] = f"stopped by {signal.Signals(signum).name}"
+            temporary = path.with_name(path.name + ".tmp")
+            temporary.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+            temporary.replace(path)
+    except (OSError, ValueError):
+        pass  # no run.json yet, or unreadable: nothing to correct, and shutting down comes first
+
+
 def _stop_on_signal(signum: int, _frame: object) -> None:
     """End the run at once on SIGINT or SIGTERM, with exit code 128 + the signal number.
 
@@ -509,6 +532,7 @@ def _stop_on_signal(signum: int, _frame: object) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     print("interrupted" if signum == signal.SIGINT else "terminated", file=sys.stderr)
+    _mark_run_stopped(signum)
     # Flower's worker threads log every Ray call that the shutdown cuts short,
     # with a traceback each. These lines carry no information, so they are muted.
     logging.getLogger("flwr").disabled = True

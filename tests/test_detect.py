@@ -48,6 +48,7 @@ from tests.bundle_helpers import (
     write_toy_dataset,
     write_toy_round,
 )
+from tests.process_helpers import signal_after_line
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -448,6 +449,32 @@ def test_detect_follow_waits_for_input(onnx_bundle: tuple[Path, Path], tmp_path:
     assert "was created" in stderr
     assert pd.read_csv(predictions)["row"].tolist() == [1, 2, 3]
     assert "detect: scored 3 of 4 flows" in stdout
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_detect_signal_stops_cleanly(onnx_bundle: tuple[Path, Path], tmp_path: Path, signum: signal.Signals) -> None:
+    bundle_path, public_key = onnx_bundle
+    traffic, predictions = tmp_path / "flows.csv", tmp_path / "predictions.csv"
+    toy_frame([1, 9, 2, 3] * 150_000).to_csv(traffic, index=False)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    process = subprocess.Popen(
+        _detect_command(
+            "--model", str(bundle_path), "--public-key", str(public_key), "--input", str(traffic),
+            "--out", str(predictions), "--runtime", "keras",
+        ),
+        cwd=ROOT, env={**_environment(), "TMPDIR": str(scratch)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+    output = signal_after_line(process, "bundle: loaded", signum, wait_seconds=120)
+
+    assert process.returncode == 128 + signum, output[-3000:]
+    assert f"{'interrupted' if signum == signal.SIGINT else 'terminated'}; {predictions} was not written" in output
+    assert "Traceback" not in output
+    assert not predictions.exists()
+    assert not list(tmp_path.glob("predictions.csv*"))
+    assert not list(scratch.iterdir()), "the bundle's private copy was left behind"
 
 
 def test_detect_follow_missing_input_fails(onnx_bundle: tuple[Path, Path], tmp_path: Path) -> None:

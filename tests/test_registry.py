@@ -295,14 +295,16 @@ def test_registry_list_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "registry folder" in capsys.readouterr().err
 
 
-def test_registry_promote_writes_canonical_version(tmp_path: Path) -> None:
+def test_registry_promote_writes_canonical_version(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     run_dir = _toy_run(tmp_path, 1, write_toy_dataset(tmp_path))
     private_key, _ = generate_keypair(tmp_path / "keys")
     publish = ["publish", "--run-dir", str(run_dir), "--round", "1", "--signing-key", str(private_key)]
     assert _registry_command(tmp_path, *publish) == 0
 
-    assert _registry_command(tmp_path, "promote", "toy-run/round-0001") == 0
+    with caplog.at_level(logging.WARNING):
+        assert _registry_command(tmp_path, "promote", "toy-run/round-0001") == 0
 
+    assert "checking checksums only" not in caplog.text
     assert read_json(tmp_path / "registry" / "latest.json")["version"] == "toy-run/round-001"
     latest = Registry(tmp_path / "registry").latest()
     assert latest is not None

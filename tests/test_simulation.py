@@ -302,6 +302,9 @@ def test_signal_stops_simulation_cleanly(
     assert process.returncode == 128 + signum, output[-3000:]
     leftover = wait_until_gone(tag)
     assert not leftover, [psutil.Process(pid).cmdline() for pid in leftover if psutil.pid_exists(pid)]
+    run_info = json.loads((_run_dir(tmp_path / "out") / "run.json").read_text())
+    assert run_info["status"] == "interrupted"
+    assert run_info["error"] == f"stopped by {signum.name}"
 
 
 def _run_simulate(data_dir: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
