@@ -54,6 +54,8 @@ def generate_keypair(out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
         because sites trust its public half.
     """
     folder = Path(out_dir)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{folder} is a file; give a folder for {PRIVATE_KEY_FILE} and {PUBLIC_KEY_FILE}")
     folder.mkdir(parents=True, exist_ok=True)
     private_path, public_path = folder / PRIVATE_KEY_FILE, folder / PUBLIC_KEY_FILE
     existing = [str(path) for path in (private_path, public_path) if path.exists()]
@@ -138,7 +140,10 @@ def _fingerprint_of(path: Path) -> str:
     data = path.read_bytes()
     if b"PRIVATE KEY" in data:
         return signer_fingerprint(load_private_key(path))
-    return key_fingerprint(load_public_key(data))
+    try:
+        return key_fingerprint(load_public_key(data))
+    except FedIDSError as error:
+        raise ConfigError(f"{path}: {error}") from error
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,6 +24,7 @@ from common.bundle import (
 from common.exceptions import BundleVerificationError, ConfigError
 from server.registry import Registry
 from server.signing import generate_keypair, load_private_key, signer_fingerprint
+from server.signing import main as signing_main
 from tests.bundle_helpers import read_json, toy_preprocessor, write_toy_dataset, write_toy_round
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -309,3 +310,20 @@ def test_version_json_matches_manifest(published: dict[str, object]) -> None:
     folder = Path(str(published["path"]))
 
     assert read_json(folder / "version.json") == read_json(folder / "manifest.json")["version"]
+
+
+def test_generate_keypair_rejects_file_as_folder(tmp_path: Path) -> None:
+    target = tmp_path / "secrets"
+    target.write_text("", encoding="utf-8")
+
+    with pytest.raises(ConfigError, match=r"secrets is a file; give a folder for bundle-signing\.key"):
+        generate_keypair(target)
+
+
+def test_signing_fingerprint_names_bad_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    not_a_key = tmp_path / "flows.csv"
+    not_a_key.write_text("a,b\n1,2\n", encoding="utf-8")
+
+    assert signing_main(["fingerprint", "--key", str(not_a_key)]) == 1
+
+    assert f"error: {not_a_key}: " in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -291,6 +292,18 @@ def test_models_page_without_registry(tmp_path: Path, checkpoints: Path) -> None
     sign_in(client, *ADMIN)
 
     assert "No model registry is configured" in client.get("/models").get_data(as_text=True)
+
+
+def test_dashboard_warns_about_missing_folders(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    settings = WebSettings(instance_dir=tmp_path / "other", password_time_cost=1, password_memory_kib=1024,
+                           password_parallelism=1)
+
+    with caplog.at_level(logging.WARNING, logger="server.dashboard.app"):
+        create_dashboard_app(settings, tmp_path / "no-runs", tmp_path / "no-registry")
+
+    assert "--checkpoint-dir" in caplog.text
+    assert "no-runs does not exist (yet)" in caplog.text
+    assert "no-registry does not exist (yet)" in caplog.text
 
 
 def test_dashboard_analyst_role(app: Flask) -> None:

@@ -50,6 +50,10 @@ def create_dashboard_app(settings: WebSettings, checkpoint_dir: Path, registry_d
     app.extensions[_EXTENSION] = (
         Path(checkpoint_dir).resolve(), None if registry_dir is None else Path(registry_dir).resolve()
     )
+    # A folder may appear only with the first run, so a missing one is not an error, but a typo should show.
+    for option, folder in (("--checkpoint-dir", checkpoint_dir), ("--registry", registry_dir)):
+        if folder is not None and not Path(folder).is_dir():
+            logger.warning("dashboard: %s %s does not exist (yet); its pages stay empty until it does", option, folder)
     app.register_blueprint(_blueprint())
     return app
 
