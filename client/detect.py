@@ -45,7 +45,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -570,8 +570,12 @@ def detect_to_csv(
     batch_size: int | None = None,
     runtime: str = "auto",
     predictor: Predictor | None = None,
+    stop_requested: Callable[[], bool] | None = None,
 ) -> DetectionResult:
     """Score a flow CSV chunk by chunk and write the predictions of each chunk to ``out`` as it is scored.
+
+    ``stop_requested`` is asked after every chunk; when it returns true, the
+    scoring ends with :class:`DetectionStoppedError` and ``out`` is not written.
 
     Memory stays bounded by the chunk size whatever the size of the capture,
     because neither the rows nor the predictions of earlier chunks are kept.
@@ -603,6 +607,10 @@ def detect_to_csv(
             predictions = detector.process(frame, str(path))
             _write_prediction_rows(predictions, partial, header=not written_header, mode="a" if written_header else "w")
             written_header = True
+            if stop_requested is not None and stop_requested():
+                raise DetectionStoppedError(f"{target} was not written")
+        if stop_requested is not None and stop_requested():
+            raise DetectionStoppedError(f"{target} was not written")
         detector.finish()
         partial.replace(target)
     finally:
@@ -640,16 +648,28 @@ def _result(detector: FlowDetector, predictions: pd.DataFrame, source: str, seco
 # ---------------------------------------------------------------------------
 
 
-class _Terminated(BaseException):
-    """Raised in the main thread by SIGTERM during a one-off scoring, so that it stops like on Ctrl-C.
+class DetectionStoppedError(Exception):
+    """Raised by :func:`detect_to_csv` when its ``stop_requested`` callback returns true."""
 
-    A BaseException, like KeyboardInterrupt, so that no ``except Exception``
-    catches it; the normal exit that follows removes the bundle's private copy.
+
+class _Interrupt:
+    """The first SIGINT or SIGTERM during a one-off scoring, checked between chunks.
+
+    The handler only records the signal. An exception raised from it could
+    land inside TensorFlow, which has swallowed a KeyboardInterrupt and
+    scored on to the end.
     """
 
+    signum: int | None = None
 
-def _raise_terminated(_signum: int, _frame: FrameType | None) -> None:
-    raise _Terminated
+    @classmethod
+    def handle(cls, signum: int, _frame: FrameType | None) -> None:
+        if cls.signum is None:
+            cls.signum = signum
+
+    @classmethod
+    def requested(cls) -> bool:
+        return cls.signum is not None
 
 
 class _Stop:
@@ -993,8 +1013,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (0 success, 1 bad input or bundle, 2 bad arguments)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    # --follow replaces this handler with one that finishes the summary first.
-    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
+    # --follow replaces these handlers with ones that finish the summary first.
+    _Interrupt.signum = None
+    stop_signals = (signal.SIGINT, signal.SIGTERM)
+    previous_handlers = [(number, signal.signal(number, _Interrupt.handle)) for number in stop_signals]
     try:
         for option, value in (("--batch-size", args.batch_size), ("--threads", args.threads)):
             if value is not None and value < 1:
@@ -1041,20 +1063,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                 predictor=predictor,
             )
         else:
-            result = detect_to_csv(bundle, args.input, args.out, predictor=predictor)
+            if _Interrupt.requested():
+                raise DetectionStoppedError(f"{args.out} was not written")
+            result = detect_to_csv(
+                bundle, args.input, args.out, predictor=predictor, stop_requested=_Interrupt.requested
+            )
         if args.summary is not None:
             _write_summary(result, args.summary)
     except (FedIDSError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"interrupted; {args.out} was not written", file=sys.stderr)
-        return 128 + signal.SIGINT
-    except _Terminated:
-        print(f"terminated; {args.out} was not written", file=sys.stderr)
-        return 128 + signal.SIGTERM
+    except DetectionStoppedError as stopped:
+        signum = _Interrupt.signum or signal.SIGINT
+        print(f"{'interrupted' if signum == signal.SIGINT else 'terminated'}; {stopped}", file=sys.stderr)
+        return 128 + signum
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        for number, handler in previous_handlers:
+            signal.signal(number, handler)
     print(_one_line(result))
     return EXIT_OK
 
