@@ -1050,6 +1050,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         public_key = load_public_key(args.public_key) if args.public_key is not None else None
         bundle = load_bundle(args.model, public_key, require_signature=not args.allow_unsigned)
         predictor = make_predictor(bundle, args.runtime, batch_size=args.batch_size, threads=args.threads)
+        # A signal that came while the bundle and runtime were loading ends the command before any scoring.
+        if _Interrupt.requested():
+            raise DetectionStoppedError(f"{args.out} was not written")
         if args.follow:
             signal.signal(signal.SIGINT, _Stop.handle)
             signal.signal(signal.SIGTERM, _Stop.handle)
@@ -1063,8 +1066,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 predictor=predictor,
             )
         else:
-            if _Interrupt.requested():
-                raise DetectionStoppedError(f"{args.out} was not written")
             result = detect_to_csv(
                 bundle, args.input, args.out, predictor=predictor, stop_requested=_Interrupt.requested
             )

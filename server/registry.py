@@ -653,14 +653,13 @@ def publish_checkpoint(
     Raises
     ------
     RegistryError
-        If the round is 0 or missing, run.json cannot be read, or the dataset
-        configuration describes other input columns than the checkpoint.
+        If the round is 0 or missing, run.json cannot be read, the dataset
+        configuration describes other input columns than the checkpoint, or
+        the model has NaN or infinite weights.
     ConfigError
         If the dataset configuration cannot be loaded.
     ModelMismatchError
         If the round's model does not load or does not fit its preprocessing.
-    RegistryError
-        Also if the model has NaN or infinite weights.
     """
     import numpy as np
 

@@ -512,11 +512,11 @@ def _mark_run_stopped(signum: int) -> None:
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(info, dict) and info.get("status") == "running":
+            from common.bundle import write_json
+
             info["status"] = "interrupted"
             info["error"] = f"stopped by {signal.Signals(signum).name}"
-            temporary = path.with_name(path.name + ".tmp")
-            temporary.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-            temporary.replace(path)
+            write_json(path, info)
     except (OSError, ValueError):
         pass  # no run.json yet, or unreadable: nothing to correct, and shutting down comes first
 

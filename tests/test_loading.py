@@ -625,7 +625,7 @@ def test_load_nfton_binary(nfton_path: Path, nfton_config: DatasetConfig) -> Non
     assert np.bincount(table.labels).tolist() == [8_393, 30_000 - 8_393]
 
 
-def test_parse_flow_text_names_file_row_of_bad_line() -> None:
+def test_parse_flow_text_bad_line_row() -> None:
     # Data rows 100 and 101 of the file, a blank line, then the bad data row 102.
     text = b"a,b\n1,2\n\n3,4\n5,6,7\n"
 

@@ -224,13 +224,30 @@ def _registry_command(tmp_path: Path, *arguments: str) -> int:
     return registry_main(["--registry-dir", str(tmp_path / "registry"), *arguments])
 
 
+def _publish_toy(
+    registry: Registry, source: Path, key: Ed25519PrivateKey, dataset: Path, run_id: str, rounds: int
+) -> None:
+    for number in range(1, rounds + 1):
+        registry.publish(
+            source, run_id=run_id, server_round=number, signing_key=key, dataset_file=dataset, export_onnx=False
+        )
+
+
+def _publish_command(tmp_path: Path, run_dir: Path, *arguments: str) -> int:
+    """Run ``publish`` for ``run_dir`` with a key pair in ``tmp_path/keys``, made on first use."""
+    private_key = tmp_path / "keys" / "bundle-signing.key"
+    if not private_key.exists():
+        generate_keypair(private_key.parent)
+    return _registry_command(
+        tmp_path, "publish", "--run-dir", str(run_dir), "--signing-key", str(private_key), *arguments
+    )
+
+
 def test_registry_publish_and_promote(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = _toy_run(tmp_path, 2, write_toy_dataset(tmp_path))
-    private_key, public_key = generate_keypair(tmp_path / "keys")
-    publish = ["publish", "--run-dir", str(run_dir), "--signing-key", str(private_key)]
 
-    assert _registry_command(tmp_path, *publish, "--round", "1") == 0
-    assert _registry_command(tmp_path, *publish, "--round", "2") == 0
+    assert _publish_command(tmp_path, run_dir, "--round", "1") == 0
+    assert _publish_command(tmp_path, run_dir, "--round", "2") == 0
     assert _registry_command(tmp_path, "promote", "toy-run/round-001") == 0
     capsys.readouterr()
     assert _registry_command(tmp_path, "list") == 0
@@ -242,7 +259,7 @@ def test_registry_publish_and_promote(tmp_path: Path, capsys: pytest.CaptureFixt
     assert listing[1].endswith("[latest]")
     registry = Registry(tmp_path / "registry")
     assert registry.latest_version() == "toy-run/round-001"
-    bundle = load_bundle(registry.archive_of("toy-run/round-001"), public_key=public_key)
+    bundle = load_bundle(registry.archive_of("toy-run/round-001"), public_key=tmp_path / "keys" / "bundle-signing.pub")
     assert bundle.signature_verified
     assert bundle.dataset_config.name == "toy"
 
@@ -259,10 +276,8 @@ def test_registry_publish_rejects_bad_input(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], message: str
 ) -> None:
     run_dir = _toy_run(tmp_path, 1, write_toy_dataset(tmp_path))
-    private_key, _ = generate_keypair(tmp_path / "keys")
-    publish = ["publish", "--run-dir", str(run_dir), "--signing-key", str(private_key)]
 
-    status = _registry_command(tmp_path, *publish, *arguments)
+    status = _publish_command(tmp_path, run_dir, *arguments)
 
     assert status == 1
     assert message in capsys.readouterr().err
@@ -271,11 +286,8 @@ def test_registry_publish_rejects_bad_input(
 
 def test_registry_publish_without_run_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = _toy_run(tmp_path, 1, None)
-    private_key, _ = generate_keypair(tmp_path / "keys")
 
-    status = _registry_command(
-        tmp_path, "publish", "--run-dir", str(run_dir), "--round", "1", "--signing-key", str(private_key)
-    )
+    status = _publish_command(tmp_path, run_dir, "--round", "1")
 
     assert status == 1
     assert "failed to read the dataset name from" in capsys.readouterr().err
@@ -297,9 +309,7 @@ def test_registry_list_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_registry_promote_writes_canonical_version(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     run_dir = _toy_run(tmp_path, 1, write_toy_dataset(tmp_path))
-    private_key, _ = generate_keypair(tmp_path / "keys")
-    publish = ["publish", "--run-dir", str(run_dir), "--round", "1", "--signing-key", str(private_key)]
-    assert _registry_command(tmp_path, *publish) == 0
+    assert _publish_command(tmp_path, run_dir, "--round", "1") == 0
 
     with caplog.at_level(logging.WARNING):
         assert _registry_command(tmp_path, "promote", "toy-run/round-0001") == 0
@@ -315,12 +325,7 @@ def test_registry_promote_rejects_lost_files(
     tmp_path: Path, toy_round: Path, signing_key: Ed25519PrivateKey, capsys: pytest.CaptureFixture[str]
 ) -> None:
     registry = Registry(tmp_path / "registry")
-    dataset = write_toy_dataset(tmp_path)
-    for number in (1, 2):
-        registry.publish(
-            toy_round, run_id="run-c", server_round=number, signing_key=signing_key, dataset_file=dataset,
-            export_onnx=False,
-        )
+    _publish_toy(registry, toy_round, signing_key, write_toy_dataset(tmp_path), "run-c", 2)
     archive = registry.archive_of("run-c/round-001")
     archive.unlink()
 
@@ -334,12 +339,7 @@ def test_registry_list_skips_incomplete_entry(
     tmp_path: Path, toy_round: Path, signing_key: Ed25519PrivateKey, caplog: pytest.LogCaptureFixture
 ) -> None:
     registry = Registry(tmp_path / "registry")
-    dataset = write_toy_dataset(tmp_path)
-    for number in (1, 2):
-        registry.publish(
-            toy_round, run_id="run-d", server_round=number, signing_key=signing_key, dataset_file=dataset,
-            export_onnx=False,
-        )
+    _publish_toy(registry, toy_round, signing_key, write_toy_dataset(tmp_path), "run-d", 2)
     (tmp_path / "registry" / "versions" / "run-d" / "round-002.json").write_text("{}", encoding="utf-8")
 
     with caplog.at_level(logging.WARNING, logger="server.registry"):
@@ -353,10 +353,8 @@ def test_registry_list_skips_incomplete_entry(
 def test_registry_publish_rejects_damaged_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = _toy_run(tmp_path, 1, write_toy_dataset(tmp_path))
     (run_dir / "round-001" / "model.keras").write_text("garbage", encoding="utf-8")
-    private_key, _ = generate_keypair(tmp_path / "keys")
-    publish = ["publish", "--run-dir", str(run_dir), "--round", "1", "--signing-key", str(private_key)]
 
-    assert _registry_command(tmp_path, *publish) == 1
+    assert _publish_command(tmp_path, run_dir, "--round", "1") == 1
 
     assert "failed to load the Keras model" in capsys.readouterr().err
     assert not (tmp_path / "registry" / "latest.json").exists()
@@ -367,10 +365,8 @@ def test_registry_publish_rejects_wrong_window(tmp_path: Path, capsys: pytest.Ca
     # A model for windows of 4 flows beside preprocessing for single flows.
     write_toy_round(tmp_path / "other", 1, window=4)
     (tmp_path / "other" / "model.keras").replace(run_dir / "round-001" / "model.keras")
-    private_key, _ = generate_keypair(tmp_path / "keys")
-    publish = ["publish", "--run-dir", str(run_dir), "--round", "1", "--signing-key", str(private_key)]
 
-    assert _registry_command(tmp_path, *publish) == 1
+    assert _publish_command(tmp_path, run_dir, "--round", "1") == 1
 
     assert "do not match the preprocessing, which gives input (1, 5)" in capsys.readouterr().err
     assert not (tmp_path / "registry" / "latest.json").exists()
@@ -391,15 +387,6 @@ def test_registry_prune_removes_empty_run_folder(
 
     assert not (tmp_path / "registry" / "versions" / "run-old").exists()
     assert (tmp_path / "registry" / "versions" / "run-new").is_dir()
-
-
-def _publish_toy(
-    registry: Registry, source: Path, key: Ed25519PrivateKey, dataset: Path, run_id: str, rounds: int
-) -> None:
-    for number in range(1, rounds + 1):
-        registry.publish(
-            source, run_id=run_id, server_round=number, signing_key=key, dataset_file=dataset, export_onnx=False
-        )
 
 
 @pytest.mark.parametrize(
@@ -503,10 +490,8 @@ def test_registry_publish_rejects_nan_weights(tmp_path: Path, capsys: pytest.Cap
     model = keras.saving.load_model(model_path, compile=False)
     model.set_weights([np.full_like(weights, np.nan) for weights in model.get_weights()])
     model.save(model_path)
-    private_key, _ = generate_keypair(tmp_path / "keys")
-    publish = ["publish", "--run-dir", str(run_dir), "--round", "1", "--signing-key", str(private_key)]
 
-    assert _registry_command(tmp_path, *publish) == 1
+    assert _publish_command(tmp_path, run_dir, "--round", "1") == 1
 
     assert "has NaN or infinite weights" in capsys.readouterr().err
     assert not (tmp_path / "registry" / "latest.json").exists()
