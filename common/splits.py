@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from common.config import DatasetConfig
 from common.exceptions import ConfigError, EmptyDataError
@@ -220,6 +220,63 @@ def stratified_split(
     )
 
 
+def _fold_groups(labels: np.ndarray, n_folds: int) -> np.ndarray:
+    """Return the group of every row for stratified folds.
+
+    Classes with fewer rows than folds are pooled into one group; when that
+    group is still smaller than the fold count it joins the largest class.
+    """
+    _, groups, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    small = counts[groups] < n_folds
+    if small.any():
+        pooled = -1 if small.sum() >= n_folds else int(np.argmax(counts))
+        groups = np.where(small, pooled, groups)
+    return groups
+
+
+def stratified_folds(labels: np.ndarray, n_folds: int, validation_fraction: float, seed: int) -> list[Split]:
+    """Shuffle rows into ``n_folds`` stratified folds, each the test part of one split.
+
+    The data-without-capture-order counterpart of :func:`contiguous_folds`:
+    every row is tested exactly once, each test part keeps the class
+    proportions, and ``validation_fraction`` of all rows is drawn, stratified,
+    from each fold's remaining rows. Classes with fewer rows than folds are
+    pooled and spread without regard to class.
+
+    Raises
+    ------
+    ConfigError
+        If ``n_folds`` is below 2.
+    EmptyDataError
+        If there are fewer rows than folds.
+    """
+    if n_folds < 2:
+        raise ConfigError(f"n_folds must be at least 2, got {n_folds}")
+    labels = np.asarray(labels)
+    n_rows = len(labels)
+    if n_rows < 2 * n_folds:
+        raise EmptyDataError(f"{n_rows} rows are too few for {n_folds} stratified folds")
+    groups = _fold_groups(labels, n_folds)
+    indices = np.arange(n_rows, dtype=np.int64)
+    splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    folds = []
+    for index, (rest, test) in enumerate(splitter.split(indices, groups)):
+        train = indices[rest]
+        validation = np.empty(0, dtype=np.int64)
+        if validation_fraction > 0:
+            share = min(validation_fraction * n_rows / len(train), 0.5)
+            train, validation = _shuffle_split(train, labels[train], share, seed)
+        folds.append(
+            Split(
+                name=f"fold-{index}",
+                train=(np.sort(train),),
+                validation=_nonempty(np.sort(validation)),
+                test=(indices[np.sort(test)],),
+            )
+        )
+    return folds
+
+
 def make_splits(config: DatasetConfig, labels: np.ndarray, folds: bool) -> list[Split]:
     """Build the splits a dataset configuration asks for.
 
@@ -231,11 +288,13 @@ def make_splits(config: DatasetConfig, labels: np.ndarray, folds: bool) -> list[
     labels : ndarray of shape (n_rows,)
         Class index of every row in capture order.
     folds : bool
-        ``True`` for ``config.split.folds`` contiguous folds, ``False`` for a
-        single holdout split. Stratified data always gets one holdout split.
+        ``True`` for ``config.split.folds`` folds (contiguous, or stratified
+        for data without capture order), ``False`` for a single holdout split.
     """
     settings = config.split
     n_rows = len(labels)
+    if settings.stratified and folds:
+        return stratified_folds(labels, settings.folds, settings.validation_fraction, settings.seed)
     if settings.stratified:
         return [
             stratified_split(

@@ -4,8 +4,8 @@ Example::
 
     python simulations/centralized.py --dataset wustl-ehms-2020 --out runs/centralized
 
-For every fold (contiguous time blocks for data in capture order, one
-stratified holdout split otherwise) the command trains one CNN-LSTM per
+For every fold (contiguous time blocks for data in capture order, stratified
+shuffled folds otherwise; ``--holdout`` for a single split) the command trains one CNN-LSTM per
 candidate window length, picks the length with the best validation F1, scores
 every candidate on the test block, and runs the classical baselines on the
 same split. It writes ``metrics.json`` and, for each fold, the model with its
@@ -171,6 +171,12 @@ def run_fold(
     return fold_metrics
 
 
+def _split_name(config: DatasetConfig, n_splits: int, folds: bool) -> str:
+    if not folds:
+        return "stratified holdout" if config.split.stratified else "time-block holdout"
+    return f"{n_splits} stratified folds" if config.split.stratified else f"{n_splits} contiguous time-block folds"
+
+
 def run_centralized(
     config: DatasetConfig,
     task: TaskConfig,
@@ -232,9 +238,7 @@ def run_centralized(
         "windows_chosen": chosen_windows,
         "window_candidates": list(windows),
         "window_results": window_results,
-        "split": "stratified holdout" if config.split.stratified else (
-            f"{len(splits)} contiguous time-block folds" if folds else "time-block holdout"
-        ),
+        "split": _split_name(config, len(splits), folds),
         "folds": len(splits),
         "rows": len(table),
         "cleaning": table.report.to_dict(),
@@ -302,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--holdout",
         action="store_true",
-        help="one train/validation/test split instead of the configured contiguous folds",
+        help="one train/validation/test split instead of the configured folds",
     )
     parser.add_argument("--windows", type=_int_list, help="candidate window lengths, e.g. 1,8,16 (default: configured)")
     parser.add_argument("--epochs", type=positive_int, help="maximum training epochs (default: configured)")

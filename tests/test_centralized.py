@@ -266,6 +266,40 @@ def test_two_folds_cover_every_row(wustl_path: Path, wustl_config: DatasetConfig
     assert (out / "model.keras").read_bytes() == (out / "fold-1" / "model.keras").read_bytes()
 
 
+def test_stratified_folds_on_unordered_capture(nfton_path: Path, nfton_config: DatasetConfig, tmp_path: Path) -> None:
+    config_text = nfton_config.source.read_text(encoding="utf-8")
+    assert "folds = 5" in config_text
+    config_path = tmp_path / "nfton-two-folds.toml"
+    config_path.write_text(config_text.replace("folds = 5", "folds = 2"), encoding="utf-8")
+    out = tmp_path / "out"
+
+    status = main(
+        [
+            "--dataset", str(config_path),
+            "--data-dir", str(data_root(nfton_path, nfton_config)),
+            "--out", str(out),
+            "--epochs", "1",
+            "--max-rows", "4000",
+            "--baselines", "random_forest",
+        ]
+    )
+    assert status == 0
+    metrics = read_metrics(out)
+    folds = metrics["per_fold"]
+
+    assert metrics["split"] == "2 stratified folds"
+    assert [fold["fold"] for fold in folds] == ["fold-0", "fold-1"]
+    assert sum(fold["test_rows"] for fold in folds) == metrics["rows"]
+    summed = np.sum([fold["test"]["confusion_matrix"] for fold in folds], axis=0)
+    assert metrics["confusion_matrix"] == summed.tolist()
+    # Each fold's test half keeps the class mix of the whole file.
+    per_class = np.array(
+        [[fold["test"]["per_class"][name]["support"] for name in metrics["classes"]] for fold in folds]
+    )
+    assert np.all(np.abs(per_class[0] - per_class[1]) <= 1)
+    assert math.isfinite(metrics["baselines"]["random_forest"]["macro_f1"])
+
+
 @pytest.mark.parametrize(
     ("dataset", "path_fixture", "config_fixture"),
     [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,14 @@ import pytest
 
 from common.config import DatasetConfig
 from common.exceptions import ConfigError, EmptyDataError
-from common.splits import Split, contiguous_folds, make_splits, stratified_split, time_block_split
+from common.splits import (
+    Split,
+    contiguous_folds,
+    make_splits,
+    stratified_folds,
+    stratified_split,
+    time_block_split,
+)
 
 PARTS = ("train", "validation", "test")
 
@@ -269,6 +277,82 @@ def test_stratified_split_too_few_rows(labels: np.ndarray) -> None:
 
 
 # ---------------------------------------------------------------------------
+# stratified_folds
+# ---------------------------------------------------------------------------
+
+
+def test_stratified_folds_test_every_row_once_with_class_proportions() -> None:
+    counts = {0: 500, 1: 250, 2: 50}
+    labels = _seeded_labels(counts, seed=11)
+
+    folds = stratified_folds(labels, 5, 0.1, seed=42)
+
+    assert [fold.name for fold in folds] == [f"fold-{i}" for i in range(5)]
+    tested = np.concatenate([fold.rows("test") for fold in folds])
+    assert np.array_equal(np.sort(tested), np.arange(len(labels)))
+    for fold in folds:
+        _assert_partition(fold, len(labels))
+        # Validation holds 10% of all 800 rows; test holds a fifth of each class.
+        assert len(fold.rows("validation")) == 80
+        for c, n in counts.items():
+            assert int(np.sum(labels[fold.rows("test")] == c)) == n // 5, (fold.name, c)
+            assert abs(int(np.sum(labels[fold.rows("validation")] == c)) - 0.1 * n) <= 1, (fold.name, c)
+
+
+def test_stratified_folds_reproducible_with_seed() -> None:
+    labels = _seeded_labels({0: 60, 1: 40}, seed=12)
+
+    first = stratified_folds(labels, 3, 0.1, seed=7)
+    second = stratified_folds(labels, 3, 0.1, seed=7)
+    other = stratified_folds(labels, 3, 0.1, seed=8)
+
+    for a, b in zip(first, second, strict=True):
+        for part in PARTS:
+            assert np.array_equal(a.rows(part), b.rows(part)), part
+    assert not np.array_equal(first[0].rows("test"), other[0].rows("test"))
+
+
+@pytest.mark.parametrize(
+    "counts",
+    [
+        pytest.param({0: 90, 1: 30, 2: 3}, id="one-class-below-fold-count"),
+        pytest.param({0: 90, 1: 30, 2: 3, 3: 2, 4: 1}, id="pooled-rare-classes"),
+    ],
+)
+def test_stratified_folds_rare_classes_are_pooled_without_warnings(counts: dict[int, int]) -> None:
+    labels = _seeded_labels(counts, seed=13)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        folds = stratified_folds(labels, 5, 0.1, seed=42)
+
+    for fold in folds:
+        _assert_partition(fold, len(labels))
+        assert abs(int(np.sum(labels[fold.rows("test")] == 1)) - 6) <= 1, fold.name
+    rare = np.flatnonzero(labels >= 2)
+    tested = np.concatenate([fold.rows("test") for fold in folds])
+    assert np.isin(rare, tested).all()
+
+
+def test_stratified_folds_without_validation() -> None:
+    labels = _seeded_labels({0: 40, 1: 10}, seed=14)
+
+    folds = stratified_folds(labels, 5, 0.0, seed=42)
+
+    for fold in folds:
+        assert fold.validation == ()
+        assert len(fold.rows("train")) == 40
+        assert int(np.sum(labels[fold.rows("test")] == 1)) == 2
+
+
+def test_stratified_folds_bad_arguments() -> None:
+    with pytest.raises(ConfigError, match="n_folds must be at least 2"):
+        stratified_folds(np.zeros(10, dtype=np.int64), 1, 0.1, seed=1)
+    with pytest.raises(EmptyDataError, match="9 rows are too few for 5 stratified folds"):
+        stratified_folds(np.zeros(9, dtype=np.int64), 5, 0.1, seed=1)
+
+
+# ---------------------------------------------------------------------------
 # make_splits
 # ---------------------------------------------------------------------------
 
@@ -286,14 +370,16 @@ def test_make_splits_time_blocks_folds(wustl_config: DatasetConfig) -> None:
     assert np.array_equal(holdout[0].rows("test"), np.arange(80, 100))
 
 
-def test_make_splits_stratified_single_holdout(nfton_config: DatasetConfig) -> None:
+def test_make_splits_stratified_folds_and_holdout(nfton_config: DatasetConfig) -> None:
     labels = _seeded_labels({0: 80, 1: 20}, seed=6)
 
-    splits = make_splits(nfton_config, labels, folds=True)
+    folds = make_splits(nfton_config, labels, folds=True)
+    holdout = make_splits(nfton_config, labels, folds=False)
 
-    assert len(splits) == 1
-    assert splits[0].name == "holdout"
-    assert int(np.sum(labels[splits[0].rows("test")] == 1)) == 4
+    assert [fold.name for fold in folds] == [f"fold-{i}" for i in range(nfton_config.split.folds)]
+    assert len(holdout) == 1
+    assert holdout[0].name == "holdout"
+    assert int(np.sum(labels[holdout[0].rows("test")] == 1)) == 4
 
 
 # ---------------------------------------------------------------------------
@@ -315,6 +401,22 @@ def test_make_splits_real_wustl_folds(wustl_config: DatasetConfig, wustl_path: P
         for run in fold.train + fold.validation:
             assert _is_contiguous(run), fold.name
             assert run[-1] < test_rows[0] or run[0] > test_rows[-1], fold.name
+
+
+def test_stratified_folds_real_nfton_test_every_flow(nfton_config: DatasetConfig, nfton_path: Path) -> None:
+    attack = pd.read_csv(nfton_path, usecols=["Attack"])["Attack"].to_numpy()
+    labels = np.unique(attack, return_inverse=True)[1]
+
+    folds = make_splits(nfton_config, labels, folds=True)
+
+    tested = np.concatenate([fold.rows("test") for fold in folds])
+    assert np.array_equal(np.sort(tested), np.arange(len(labels)))
+    counts = np.bincount(labels)
+    for fold in folds:
+        _assert_partition(fold, len(labels))
+        # Every class, down to ransomware with 7 flows, has a test flow in every fold.
+        test_counts = np.bincount(labels[fold.rows("test")], minlength=len(counts))
+        assert np.all(np.abs(test_counts - counts / len(folds)) <= 1), fold.name
 
 
 def test_stratified_split_real_nfton_proportions(nfton_config: DatasetConfig, nfton_path: Path) -> None:
