@@ -990,11 +990,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--idle-timeout",
         type=float,
-        default=0.0,
         help="with --follow, stop after this many seconds without a new row (default: 0, run until interrupted)",
     )
     parser.add_argument(
-        "--poll-seconds", type=float, default=0.5, help="with --follow, seconds between checks for new rows"
+        "--poll-seconds", type=float, help="with --follow, seconds between checks for new rows (default: 0.5)"
     )
     return parser
 
@@ -1011,7 +1010,18 @@ def _one_line(result: DetectionResult) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (0 success, 1 bad input or bundle, 2 bad arguments)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    follow_only = [
+        option
+        for option, value in (("--idle-timeout", args.idle_timeout), ("--poll-seconds", args.poll_seconds))
+        if value is not None
+    ]
+    if follow_only and not args.follow:
+        verb = "work" if len(follow_only) > 1 else "works"
+        parser.error(f"{' and '.join(follow_only)} only {verb} with --follow")
+    args.idle_timeout = 0.0 if args.idle_timeout is None else args.idle_timeout
+    args.poll_seconds = 0.5 if args.poll_seconds is None else args.poll_seconds
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     # --follow replaces these handlers with ones that finish the summary first.
     _Interrupt.signum = None

@@ -796,11 +796,17 @@ def test_detect_frame_counts_mostly_missing_rows(bundle_w1: Bundle, caplog: pyte
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--poll-seconds", "0"], "--poll-seconds must be a finite number above 0"),
-        (["--poll-seconds", "nan"], "--poll-seconds must be a finite number above 0"),
-        (["--idle-timeout", "-5"], "--idle-timeout must be 0"),
-        (["--idle-timeout", "nan"], "--idle-timeout must be 0 (no limit) or a finite number of seconds, got nan"),
-        (["--idle-timeout", "inf"], "--idle-timeout must be 0 (no limit) or a finite number of seconds, got inf"),
+        (["--follow", "--poll-seconds", "0"], "--poll-seconds must be a finite number above 0"),
+        (["--follow", "--poll-seconds", "nan"], "--poll-seconds must be a finite number above 0"),
+        (["--follow", "--idle-timeout", "-5"], "--idle-timeout must be 0"),
+        (
+            ["--follow", "--idle-timeout", "nan"],
+            "--idle-timeout must be 0 (no limit) or a finite number of seconds, got nan",
+        ),
+        (
+            ["--follow", "--idle-timeout", "inf"],
+            "--idle-timeout must be 0 (no limit) or a finite number of seconds, got inf",
+        ),
         (["--threads", "0"], "--threads must be at least 1"),
     ],
 )
@@ -813,6 +819,28 @@ def test_detect_main_rejects_bad_numbers(
     assert detect_main([*arguments, *extra]) == 1
 
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        (["--idle-timeout", "30"], "--idle-timeout only works"),
+        (["--poll-seconds", "1"], "--poll-seconds only works"),
+        (["--idle-timeout", "0", "--poll-seconds", "1"], "--idle-timeout and --poll-seconds only work"),
+    ],
+)
+def test_detect_main_follow_options_need_follow(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], named: str
+) -> None:
+    arguments = ["--model", str(tmp_path / "none"), "--input", str(tmp_path / "in.csv")]
+    arguments += ["--out", str(tmp_path / "o.csv"), *extra]
+
+    with pytest.raises(SystemExit) as stopped:
+        detect_main(arguments)
+
+    assert stopped.value.code == 2
+    assert f"{named} with --follow" in capsys.readouterr().err
+    assert not (tmp_path / "o.csv").exists()
 
 
 def test_detect_main_keeps_input_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
