@@ -127,7 +127,7 @@ def prepare_split(
     X = preprocessor.transform(table.features)
 
     ranking = None
-    if top_k and preprocessor.selected_columns is None and top_k < preprocessor.n_features:
+    if top_k and preprocessor.selected_columns is None:
         preprocessor, ranking = select_top_features(
             preprocessor, X[train_rows], labels[train_rows], top_k, config.training.seed
         )

@@ -463,6 +463,22 @@ def test_main_warns_on_constant_column(
     assert math.isfinite(metrics["f1"])
 
 
+def test_main_top_k_above_column_count_keeps_all_and_ranks(
+    wustl_text: pd.DataFrame, wustl_config: DatasetConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data_dir = write_dataset(wustl_text.iloc[:1500], tmp_path / "data", wustl_config)
+
+    with caplog.at_level(logging.WARNING):
+        metrics = run_quick(data_dir, tmp_path / "out", "--top-k", "500")
+    warnings = warnings_of(caplog, "common.pipeline")
+    ranking = metrics["per_fold"][0]["feature_ranking"]
+
+    assert any(f"top_k 500 is not below the {WUSTL_INPUT_COLUMNS} model columns" in line for line in warnings)
+    assert len(ranking) == WUSTL_INPUT_COLUMNS
+    _, preprocessor = load_model(tmp_path / "out")
+    assert preprocessor.n_features == WUSTL_INPUT_COLUMNS
+
+
 def test_main_logs_unseen_flgs_value(
     wustl_text: pd.DataFrame, wustl_config: DatasetConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
