@@ -355,7 +355,8 @@ def test_create_admin_command_reads_stdin(tmp_path: Path) -> None:
 
     created = _run_console("create-admin", "--username", "alice", "--instance-dir", str(instance), "--password-stdin",
                            stdin="correct horse battery\n")
-    duplicate = _run_console("create-admin", "--username", "alice", "--instance-dir", str(instance),
+    # --user is the spelling of the other account commands and names the same account.
+    duplicate = _run_console("create-admin", "--user", "alice", "--instance-dir", str(instance),
                              env={"FEDIDS_WEB_PASSWORD": "another long password"})
 
     assert created.returncode == 0, created.stderr
@@ -403,12 +404,15 @@ def _locked_out_alice(instance: Path) -> tuple[AccountStore, str]:
     return store, token
 
 
-@pytest.mark.parametrize("module", ["client.console", "server.dashboard"])
-def test_set_password_command_reads_stdin(tmp_path: Path, module: str) -> None:
+@pytest.mark.parametrize(
+    ("module", "option"),
+    [("client.console", "--user"), ("server.dashboard", "--user"), ("client.console", "--username")],
+)
+def test_set_password_command_reads_stdin(tmp_path: Path, module: str, option: str) -> None:
     instance = tmp_path / "web"
     store, token = _locked_out_alice(instance)
 
-    result = _run_console("set-password", "--user", "alice", "--instance-dir", str(instance), "--password-stdin",
+    result = _run_console("set-password", option, "alice", "--instance-dir", str(instance), "--password-stdin",
                           stdin="a brand new passphrase\n", module=module)
 
     assert result.returncode == 0, result.stderr
@@ -462,6 +466,6 @@ def test_unlock_command_rejects_bad_input(tmp_path: Path) -> None:
     unknown = _run_console("unlock", "--user", "nobody", "--instance-dir", str(tmp_path))
 
     assert no_target.returncode == 2
-    assert "one of the arguments --user --address --all is required" in no_target.stderr
+    assert "one of the arguments --user/--username --address --all is required" in no_target.stderr
     assert unknown.returncode == 2
     assert unknown.stderr.strip() == "site-console: error: user 'nobody' does not exist"

@@ -118,7 +118,10 @@ def build_parser(
         ("create-user", "add a user with a role"),
     ):
         command = commands.add_parser(name, parents=[common], help=role_help)
-        command.add_argument("--username", required=True, help="user name: lower-case letters, digits, '.', '_', '-'")
+        command.add_argument(
+            "--username", "--user", dest="username", required=True,
+            help="user name: lower-case letters, digits, '.', '_', '-'",
+        )
         if name == "create-user":
             command.add_argument("--role", choices=ROLES, default=ROLE_ANALYST, help="role (default: analyst)")
         _add_password_source(command)
@@ -127,7 +130,7 @@ def build_parser(
         "set-password", parents=[common],
         help="replace a user's password, sign the user out everywhere and clear the user's sign-in lock-out",
     )
-    set_password.add_argument("--user", required=True, help="user name of the account")
+    set_password.add_argument("--user", "--username", dest="user", required=True, help="user name of the account")
     _add_password_source(set_password)
 
     unlock = commands.add_parser(
@@ -135,7 +138,7 @@ def build_parser(
         help="end sign-in lock-outs by deleting recorded failed sign-ins",
     )
     target = unlock.add_mutually_exclusive_group(required=True)
-    target.add_argument("--user", help="delete the failed sign-ins of this user name")
+    target.add_argument("--user", "--username", dest="user", help="delete the failed sign-ins of this user name")
     target.add_argument("--address", help="delete the failed sign-ins from this client address")
     target.add_argument("--all", action="store_true", help="delete every failed sign-in: ends all lock-outs")
     return parser
