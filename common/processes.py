@@ -11,6 +11,8 @@ all by process id.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import signal
@@ -18,12 +20,12 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import psutil
 
-from common.exceptions import DeploymentError
+from common.exceptions import ConfigError, DeploymentError
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +73,32 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
+
+
+_LISTEN_ADVICE = {
+    errno.EADDRINUSE: "another program already listens there; stop it or choose another --port",
+    errno.EADDRNOTAVAIL: "no network interface of this machine has that address; choose another --host",
+    errno.EACCES: "ports below 1024 need administrator rights; choose a port above 1023",
+}
+
+
+@contextlib.contextmanager
+def listen_errors(host: str, port: int) -> Iterator[None]:
+    """Turn an error while binding ``host:port`` into a :class:`ConfigError` that says what to change.
+
+    A host name that does not resolve is reported the same way, whether the
+    server raises :class:`socket.gaierror` or, like waitress, ``ValueError``;
+    any other error passes through unchanged.
+    """
+    try:
+        yield
+    except (socket.gaierror, ValueError) as error:
+        raise ConfigError(f"cannot listen on {host}:{port}: {error}; check --host and --port") from error
+    except OSError as error:
+        advice = _LISTEN_ADVICE.get(error.errno or -1)
+        if advice is None:
+            raise
+        raise ConfigError(f"cannot listen on {host}:{port}: {error.strerror}; {advice}") from error
 
 
 def wait_for_tls_port(host: str, port: int, ca_certificate: Path, timeout: float) -> None:

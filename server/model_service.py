@@ -62,6 +62,7 @@ from typing import Any
 
 from common.credentials import write_private_file
 from common.exceptions import ConfigError, FedIDSError, RegistryError
+from common.processes import listen_errors
 from server.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -391,7 +392,9 @@ def start_service(
     registry = Registry(registry_dir)
     if not Path(registry_dir).is_dir():
         logger.warning("serve: registry %s does not exist yet; sites get 404 until the first publish", registry_dir)
-    return ModelService((host, port), registry, TokenStore(tokens_path), server_context(cert, key))
+    context = server_context(cert, key)
+    with listen_errors(host, port):
+        return ModelService((host, port), registry, TokenStore(tokens_path), context)
 
 
 # ---------------------------------------------------------------------------

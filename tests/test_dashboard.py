@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -343,3 +344,21 @@ def test_serve_logs_stop_on_signal(tmp_path: Path, stop_signal: signal.Signals) 
     assert process.returncode == 0
     assert "INFO common.web.cli: serve: stopping dashboard" in stderr
     assert "Traceback" not in stderr
+
+
+def test_serve_on_taken_port_prints_one_line(tmp_path: Path) -> None:
+    environment = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "server.dashboard", "serve", "--port", str(port),
+             "--instance-dir", str(tmp_path / "web"), "--checkpoint-dir", str(tmp_path / "runs")],
+            capture_output=True, text=True, env=environment, cwd=REPOSITORY, timeout=120, check=False,
+        )
+
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"dashboard: error: cannot listen on 127.0.0.1:{port}: " in result.stderr
+    assert "another program already listens there; stop it or choose another --port" in result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import subprocess
@@ -10,8 +11,17 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
-from common.processes import free_port, kill_process_tree, process_tree, read_pid_file, stop_process_tree
+from common.exceptions import ConfigError
+from common.processes import (
+    free_port,
+    kill_process_tree,
+    listen_errors,
+    process_tree,
+    read_pid_file,
+    stop_process_tree,
+)
 
 # A parent with one child in its own session, as flower-superlink starts flower-superexec.
 _TREE = "sleep 300 & setsid sleep 301 & wait"
@@ -89,3 +99,43 @@ def test_free_port_can_be_bound() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
         listener.bind(("127.0.0.1", port))
         assert listener.getsockname()[1] == port
+
+
+def test_listen_errors_names_a_taken_port() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        second = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        with second, pytest.raises(ConfigError) as raised, listen_errors("127.0.0.1", port):
+            second.bind(("127.0.0.1", port))
+
+    message = str(raised.value)
+    assert message.startswith(f"cannot listen on 127.0.0.1:{port}: ")
+    assert message.endswith("another program already listens there; stop it or choose another --port")
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (OSError(errno.EACCES, "Permission denied"), "Permission denied; ports below 1024 need administrator rights"),
+        (OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address"), "choose another --host"),
+        (socket.gaierror(socket.EAI_NONAME, "Name or service not known"), "check --host and --port"),
+        (ValueError("Invalid host/port specified."), "Invalid host/port specified.; check --host and --port"),
+    ],
+)
+def test_listen_errors_explains_bind_failures(error: Exception, expected: str) -> None:
+    with pytest.raises(ConfigError, match="cannot listen on example-host:80: ") as raised, listen_errors(
+        "example-host", 80
+    ):
+        raise error
+
+    assert expected in str(raised.value)
+    assert raised.value.__cause__ is error
+
+
+def test_listen_errors_passes_other_errors_through() -> None:
+    with pytest.raises(OSError) as raised, listen_errors("127.0.0.1", 1):
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    assert not isinstance(raised.value, ConfigError)

@@ -344,6 +344,19 @@ def test_pull_negative_timeout(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "--timeout must be above 0 seconds, got -1.0" in capsys.readouterr().err
 
 
+def test_serve_on_taken_port(coordinator: Coordinator, capsys: pytest.CaptureFixture[str]) -> None:
+    port = coordinator.url.rsplit(":", 1)[1].split("/")[0]
+    tls = coordinator.work / "tls"
+    arguments = ["serve", "--registry", str(coordinator.work / "registry"), "--tokens", str(coordinator.tokens)]
+    arguments += ["--cert", str(tls / "server.pem"), "--key", str(tls / "server.key"), "--port", port]
+
+    assert service_main(arguments) == 1
+
+    error = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}: " in error
+    assert "another program already listens there" in error
+
+
 def test_serve_missing_registry(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     arguments = ["serve", "--registry", str(tmp_path / "absent"), "--tokens", str(tmp_path / "t.json")]
     arguments += ["--cert", str(tmp_path / "c.pem"), "--key", str(tmp_path / "c.key"), "--port", "0"]

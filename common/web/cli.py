@@ -25,6 +25,7 @@ from types import FrameType
 from flask import Flask
 
 from common.exceptions import FedIDSError
+from common.processes import listen_errors
 from common.web.accounts import AccountError, AccountStore, normalize_username
 from common.web.audit import AuditLog
 from common.web.database import ROLE_ADMINISTRATOR, ROLE_ANALYST, ROLES, open_database
@@ -265,7 +266,8 @@ def serve(app: Flask, settings: WebSettings, name: str) -> None:
             "--secure-cookies",
             settings.host,
         )
-    server = create_wsgi_server(app, settings)
+    with listen_errors(settings.host, settings.port):
+        server = create_wsgi_server(app, settings)
     port = getattr(server, "effective_port", settings.port)
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
