@@ -141,6 +141,11 @@ class DetectionResult:
         Flows per window (W).
     normal_class : str
         The benign class; every other class is an attack.
+    mostly_imputed_rows : int
+        Scored flows with more than half of their numeric features missing.
+    empty_columns : tuple of str
+        Numeric columns that held no number in a batch of at least
+        ``EMPTY_COLUMN_MIN_ROWS`` flows, so imputed values stood in for them.
     """
 
     predictions: pd.DataFrame
@@ -156,6 +161,7 @@ class DetectionResult:
     window: int = 1
     normal_class: str = "normal"
     mostly_imputed_rows: int = 0
+    empty_columns: tuple[str, ...] = ()
 
     def to_summary(self) -> dict[str, Any]:
         """Return counts, episodes, model version, verification, row counts and time as JSON-safe values."""
@@ -170,6 +176,7 @@ class DetectionResult:
             "rows_scored": self.rows_scored,
             "unscored_rows": None if unscored <= 0 else {"first_row": 0, "last_row": unscored - 1},
             "mostly_imputed_rows": self.mostly_imputed_rows,
+            "empty_columns": list(self.empty_columns),
             "class_counts": dict(self.class_counts),
             "episodes": [episode.to_dict() for episode in self.episodes],
             "seconds": round(self.seconds, 4),
@@ -227,6 +234,9 @@ class FlowDetector:
     rows_read: int = 0
     rows_scored: int = 0
     mostly_imputed_rows: int = 0
+    # Numeric columns without a single number in a chunk of at least
+    # EMPTY_COLUMN_MIN_ROWS rows, in the order they were first found.
+    empty_columns: list[str] = field(default_factory=list)
     episodes: list[Episode] = field(default_factory=list)
     _context: np.ndarray | None = None
     _open: _OpenEpisode | None = None
@@ -305,6 +315,7 @@ class FlowDetector:
         missing = np.isnan(features[columns].to_numpy(dtype=np.float64))
         empty_columns = [column for column, empty in zip(columns, missing.all(axis=0), strict=True) if empty]
         if empty_columns and n_rows >= EMPTY_COLUMN_MIN_ROWS:
+            self.empty_columns += [column for column in empty_columns if column not in self.empty_columns]
             logger.warning(
                 "detect: column(s) %s in %s hold no numbers in %d flow(s), so the federation's imputed values "
                 "stand in for them; check the flow exporter",
@@ -640,6 +651,7 @@ def _result(detector: FlowDetector, predictions: pd.DataFrame, source: str, seco
         window=detector.window,
         normal_class=str(detector.classes[detector.normal_index]),
         mostly_imputed_rows=detector.mostly_imputed_rows,
+        empty_columns=tuple(detector.empty_columns),
     )
 
 

@@ -539,12 +539,29 @@ def test_results_warn_about_unusable_rows(admin: FlaskClient, tmp_path: Path) ->
     assert "2 flow(s) have more than half of their numeric features empty, infinite or not numbers" in html
 
 
+def test_results_warn_about_column_without_numbers(admin: FlaskClient, tmp_path: Path) -> None:
+    lines = _traffic(tmp_path, [0] * 30).decode().splitlines()
+    for index in range(1, len(lines)):  # the second numeric feature is text in every flow
+        fields = lines[index].split(",")
+        fields[2] = "n/a"
+        lines[index] = ",".join(fields)
+    location = _upload(admin, ("\n".join(lines) + "\n").encode()).headers["Location"]
+
+    html = admin.get(location).get_data(as_text=True)
+    column = lines[0].split(",")[2]
+
+    assert 'id="empty-columns-warning"' in html
+    assert f"1 numeric column(s) hold no numbers in this file: {column}." in html
+    assert 'id="imputed-warning"' not in html
+
+
 def test_results_without_warning_for_clean_rows(admin: FlaskClient, tmp_path: Path) -> None:
     location = _upload(admin, _traffic(tmp_path, [0] * 20)).headers["Location"]
 
     html = admin.get(location).get_data(as_text=True)
 
     assert 'id="imputed-warning"' not in html
+    assert 'id="empty-columns-warning"' not in html
 
 
 def test_results_unknown_or_malformed_id(admin: FlaskClient) -> None:

@@ -926,3 +926,14 @@ def test_detect_frame_warns_about_empty_column(bundle_w1: Bundle, caplog: pytest
 
     assert result.rows_scored == 30
     assert "column(s) ['b'] in <frame> hold no numbers in 30 flow(s)" in caplog.text
+    assert result.empty_columns == ("b",)
+    assert result.to_summary()["empty_columns"] == ["b"]
+
+
+def test_detect_frame_short_batch_does_not_report_empty_column(bundle_w1: Bundle) -> None:
+    frame = toy_frame([1, 9] * 5)
+    frame["b"] = "n/a"  # 10 rows are below EMPTY_COLUMN_MIN_ROWS
+
+    result = detect_frame(bundle_w1, frame, predictor=LastFlowPredictor())
+
+    assert result.empty_columns == ()

@@ -109,6 +109,7 @@ def _result_summary(result: DetectionResult) -> dict[str, Any]:
         "rows_read": int(result.rows_read),
         "rows_scored": int(result.rows_scored),
         "mostly_imputed_rows": int(result.mostly_imputed_rows),
+        "empty_columns": [str(column) for column in result.empty_columns],
         "seconds": float(result.seconds),
         "runtime": str(result.runtime),
         "window": int(result.window),
