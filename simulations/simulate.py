@@ -292,6 +292,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     site_dir = out / "sites"
     site_dir.mkdir(exist_ok=True)
+    # A reused --out may hold the files of an earlier run with more sites.
+    current = {f"site-{index}.csv" for index in range(args.sites)}
+    for stale in sorted(site_dir.glob("site-*.csv")):
+        if stale.name not in current:
+            stale.unlink()
+            logger.info("sites: removed %s, left by an earlier run with more sites", stale)
     sites: dict[int, FlowTable] = {}
     for index, share in enumerate(shares):
         rows = pool[share]

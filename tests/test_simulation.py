@@ -66,8 +66,13 @@ def broken_site_file(tmp_path_factory: pytest.TempPathFactory, wustl_path: Path)
 def simulation_run(
     tmp_path_factory: pytest.TempPathFactory, wustl_path: Path, broken_site_file: Path
 ) -> SimulationRun:
-    """Three sites for two rounds on a real WUSTL slice; site 2 gets a file without SrcLoad."""
+    """Three sites for two rounds on a real WUSTL slice; site 2 gets a file without SrcLoad.
+
+    The output folder already holds the site file of an earlier run with more sites.
+    """
     out = tmp_path_factory.mktemp("simulation")
+    (out / "sites").mkdir()
+    (out / "sites" / "site-5.csv").write_text("left by an earlier run\n", encoding="utf-8")
     private_key, _ = generate_keypair(out / "keys")
     tag = f"simulation-{os.getpid()}"
     data_dir = wustl_path.parent.parent
@@ -109,6 +114,14 @@ def test_simulation_completes_with_broken_site(simulation_run: SimulationRun) ->
     assert (out / "report.json").is_file()
     assert (out / "report.png").stat().st_size > 0
     assert "federated" in completed.stdout
+
+
+def test_simulation_removes_site_files_of_earlier_runs(simulation_run: SimulationRun) -> None:
+    out, completed, _ = simulation_run
+
+    assert sorted(path.name for path in (out / "sites").iterdir()) == ["site-0.csv", "site-1.csv", "site-2.csv"]
+    assert "sites: removed" in completed.stderr
+    assert "site-5.csv, left by an earlier run with more sites" in completed.stderr
 
 
 def test_simulation_checkpoint_per_round(simulation_run: SimulationRun) -> None:
