@@ -84,11 +84,11 @@ _LISTEN_ADVICE = {
 
 @contextlib.contextmanager
 def listen_errors(host: str, port: int) -> Iterator[None]:
-    """Turn an error while binding ``host:port`` into a :class:`ConfigError` that says what to change.
+    """Convert an error while binding ``host:port`` into a :class:`ConfigError` naming the option to change.
 
     A host name that does not resolve is reported the same way, whether the
-    server raises :class:`socket.gaierror` or, like waitress, ``ValueError``;
-    any other error passes through unchanged.
+    server raises :class:`socket.gaierror` or, like waitress, ``ValueError``.
+    Any other error passes through unchanged.
     """
     try:
         yield

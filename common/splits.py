@@ -223,8 +223,8 @@ def stratified_split(
 def _fold_groups(labels: np.ndarray, n_folds: int) -> np.ndarray:
     """Return the group of every row for stratified folds.
 
-    Classes with fewer rows than folds are pooled into one group; when that
-    group is still smaller than the fold count it joins the largest class.
+    Classes with fewer rows than folds are pooled into one group. When that
+    group is still smaller than the fold count, it joins the largest class.
     """
     _, groups, counts = np.unique(labels, return_inverse=True, return_counts=True)
     small = counts[groups] < n_folds
