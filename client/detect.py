@@ -707,7 +707,8 @@ def follow_chunks(
     the generator: it becomes a row of empty values, which keeps the row
     numbers in step with the file, and a WARNING names it. When the file is
     replaced (rotated by renaming), the new file is read from its start; its
-    header must equal the first file's. The generator ends after
+    header must equal the first file's, and its rows are numbered on from the
+    last row of the file before. The generator ends after
     ``idle_timeout`` seconds without a new line (0 waits for ever) or when
     SIGINT or SIGTERM arrives.
 
@@ -786,7 +787,11 @@ def follow_chunks(
                 else:
                     missing_since, missing_warnings = None, 0
                 if current is not None and current.st_ino != identity:
-                    logger.info("follow: %s was replaced (rotated); reading the new file from its start", path)
+                    logger.info(
+                        "follow: %s was replaced (rotated); reading the new file from its start, as row %d on",
+                        path,
+                        rows_before,
+                    )
                     replaced = True
                     break
                 if current is not None and current.st_size < position:

@@ -648,7 +648,7 @@ def test_follow_chunks_keeps_going_after_bad_lines(tmp_path: Path, caplog: pytes
     assert "first at row 1" in caplog.text
 
 
-def test_follow_chunks_reads_rotated_file(tmp_path: Path) -> None:
+def test_follow_chunks_reads_rotated_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     traffic = tmp_path / "live.csv"
     traffic.write_text("a,b,flag\n1,2,x\n")
     received: list[pd.DataFrame] = []
@@ -661,11 +661,13 @@ def test_follow_chunks_reads_rotated_file(tmp_path: Path) -> None:
 
     rotator = threading.Thread(target=rotate)
     rotator.start()
-    for frame in follow_chunks(traffic, poll_seconds=0.05, idle_timeout=2.0):
-        received.append(frame)
+    with caplog.at_level(logging.INFO, logger="client.detect"):
+        for frame in follow_chunks(traffic, poll_seconds=0.05, idle_timeout=2.0):
+            received.append(frame)
     rotator.join()
 
     assert pd.concat(received, ignore_index=True)["a"].tolist() == ["1", "3", "5"]
+    assert "reading the new file from its start, as row 1 on" in caplog.text
 
 
 def test_follow_chunks_rejects_new_header_after_rotation(tmp_path: Path) -> None:
