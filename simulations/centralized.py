@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
+import shutil
 import signal
 import sys
 import time
@@ -37,7 +39,7 @@ from common.config import (
 )
 from common.exceptions import ConfigError, FedIDSError
 from common.loading import FlowTable, load_flows
-from common.metrics import mean_metrics
+from common.metrics import mean_metrics, metrics_from_counts
 from common.pipeline import prepare_split
 from common.splits import Split, make_splits
 from simulations.arguments import LOG_LEVELS, non_negative_int, positive_int
@@ -66,10 +68,24 @@ def _mean_or_none(values: Sequence[float | None]) -> float | None:
     return float(np.mean(defined)) if defined else None
 
 
-def _fold_summary(fold_results: list[dict[str, Any]], key: str = "test") -> dict[str, Any]:
+#: Scores recomputed from the confusion matrix summed over folds.
+POOLED_KEYS = ("accuracy", "precision", "recall", "f1", "macro_f1", "fpr", "per_class")
+
+
+def _fold_summary(fold_results: list[dict[str, Any]], task: TaskConfig, key: str = "test") -> dict[str, Any]:
+    """Average the folds' scores, sum their confusion matrices and score the summed matrix.
+
+    The means weigh every fold alike. A class with a few rows has no test row
+    in some folds and drops out of those folds' macro averages, so the
+    ``pooled`` scores from the summed matrix, where every test row counts
+    once, can differ from the means.
+    """
     runs = [fold[key] for fold in fold_results]
     summary: dict[str, Any] = dict(mean_metrics(runs))
-    summary["confusion_matrix"] = np.sum([run["confusion_matrix"] for run in runs], axis=0).tolist()
+    confusion = np.sum([run["confusion_matrix"] for run in runs], axis=0)
+    summary["confusion_matrix"] = confusion.tolist()
+    pooled = metrics_from_counts(confusion, None, task.classes, task.normal_class)
+    summary["pooled"] = {name: pooled[name] for name in POOLED_KEYS}
     bursts = [run["bursts"] for run in runs if "bursts" in run]
     if bursts:
         total = sum(b["bursts"] for b in bursts)
@@ -152,6 +168,7 @@ def run_fold(
         "test_rows": len(split.rows("test")),
         "resampling": prepared.resampling.to_dict() if prepared.resampling else None,
         "feature_ranking": prepared.ranking.ranked() if prepared.ranking else None,
+        "input_columns": prepared.preprocessor.n_features,
         "test": best.test,
         "validation": best.validation,
         "epochs_run": best.epochs_run,
@@ -177,6 +194,15 @@ def _split_name(config: DatasetConfig, n_splits: int, folds: bool) -> str:
     return f"{n_splits} stratified folds" if config.split.stratified else f"{n_splits} contiguous time-block folds"
 
 
+def _remove_stale_splits(out_dir: Path, current: set[str]) -> None:
+    """Delete the split folders of an earlier run in a reused ``out_dir``, so every folder belongs to this run."""
+    for folder in sorted(out_dir.iterdir()):
+        earlier = folder.name not in current and re.fullmatch(r"holdout|fold-\d+", folder.name)
+        if earlier and folder.is_dir() and not folder.is_symlink() and (folder / "metrics.json").is_file():
+            shutil.rmtree(folder)
+            logger.info("out: removed %s, left by an earlier run", folder)
+
+
 def run_centralized(
     config: DatasetConfig,
     task: TaskConfig,
@@ -200,6 +226,7 @@ def run_centralized(
         raise ConfigError(f"--out {out_dir} exists and is not a folder; choose another output folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     splits = make_splits(config, table.labels, folds=folds)
+    _remove_stale_splits(out_dir, {split.name for split in splits})
     started = time.perf_counter()
     fold_results = []
     for split in splits:
@@ -217,13 +244,13 @@ def run_centralized(
             )
         )
 
-    summary = _fold_summary(fold_results)
+    summary = _fold_summary(fold_results, task)
     window_results = {
         str(window): mean_metrics([fold["candidates"][str(window)]["test"] for fold in fold_results])
         for window in windows
     }
     baseline_summary = {
-        name: _fold_summary([{"test": fold["baselines"][name]} for fold in fold_results])
+        name: _fold_summary([{"test": fold["baselines"][name]} for fold in fold_results], task)
         for name in baselines
         if all(name in fold["baselines"] for fold in fold_results)
     }
@@ -242,7 +269,8 @@ def run_centralized(
         "folds": len(splits),
         "rows": len(table),
         "cleaning": table.report.to_dict(),
-        "top_k_features": top_k,
+        # The columns kept, which is fewer than a top_k above the column count.
+        "top_k_features": fold_results[-1]["input_columns"] if top_k else None,
         "predict_windows_per_second": float(
             np.mean([fold["test"].get("predict_windows_per_second") or 0.0 for fold in fold_results])
         ),
@@ -260,7 +288,9 @@ def run_centralized(
 def format_table(metrics: dict[str, Any]) -> str:
     """Render the headline metrics of the CNN-LSTM and the baselines as a text table."""
     rows = [(f"cnn_lstm (W={metrics['window']})", metrics)]
-    rows += [(f"cnn_lstm W={w}", m) for w, m in metrics["window_results"].items()]
+    # With one candidate its row would repeat the chosen model's.
+    if len(metrics["window_results"]) > 1:
+        rows += [(f"cnn_lstm W={w}", m) for w, m in metrics["window_results"].items()]
     rows += list(metrics["baselines"].items())
     keys = ("accuracy", "precision", "recall", "f1", "macro_f1", "fpr", "roc_auc")
     lines = [f"{'model':<24}" + "".join(f"{key:>10}" for key in keys)]
@@ -279,7 +309,8 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from error
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"window lengths must be integers >= 1, got {text!r}")
-    return values
+    # A repeated length would train the same candidate twice.
+    return list(dict.fromkeys(values))
 
 
 def _baseline_list(text: str) -> list[str]:

@@ -23,7 +23,7 @@ from common.bundle import load_model
 from common.config import DatasetConfig
 from common.exceptions import ConfigError
 from simulations.baselines import run_baselines
-from simulations.centralized import main
+from simulations.centralized import build_parser, format_table, main
 from tests.process_helpers import signal_after_line
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -266,6 +266,18 @@ def test_two_folds_cover_every_row(wustl_path: Path, wustl_config: DatasetConfig
     assert (out / "model.keras").read_bytes() == (out / "fold-1" / "model.keras").read_bytes()
 
 
+def test_reused_out_drops_earlier_split_folders(wustl_path: Path, wustl_config: DatasetConfig, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "fold-3").mkdir(parents=True)
+    (out / "fold-3" / "metrics.json").write_text("{}", encoding="utf-8")
+    (out / "fold-7").mkdir()  # not written by this command: kept
+    (out / "notes").mkdir()
+
+    run_quick(data_root(wustl_path, wustl_config), out, "--max-rows", "2000")
+
+    assert sorted(path.name for path in out.iterdir() if path.is_dir()) == ["fold-7", "holdout", "notes"]
+
+
 def test_stratified_folds_on_unordered_capture(nfton_path: Path, nfton_config: DatasetConfig, tmp_path: Path) -> None:
     config_text = nfton_config.source.read_text(encoding="utf-8")
     assert "folds = 5" in config_text
@@ -298,6 +310,17 @@ def test_stratified_folds_on_unordered_capture(nfton_path: Path, nfton_config: D
     )
     assert np.all(np.abs(per_class[0] - per_class[1]) <= 1)
     assert math.isfinite(metrics["baselines"]["random_forest"]["macro_f1"])
+    # The pooled scores come from the summed matrix: F1 per class present, then their mean.
+    confusion = np.array(metrics["confusion_matrix"], dtype=float)
+    predicted, actual, diagonal = confusion.sum(axis=0), confusion.sum(axis=1), np.diag(confusion)
+    f1 = [
+        2 * diagonal[c] / (predicted[c] + actual[c]) if predicted[c] + actual[c] else 0.0
+        for c in range(len(diagonal))
+        if predicted[c] + actual[c]
+    ]
+    assert metrics["pooled"]["macro_f1"] == pytest.approx(np.mean(f1))
+    assert metrics["pooled"]["accuracy"] == pytest.approx(diagonal.sum() / confusion.sum())
+    assert "pooled" in metrics["baselines"]["random_forest"]
 
 
 @pytest.mark.parametrize(
@@ -475,6 +498,7 @@ def test_main_top_k_above_column_count_keeps_all_and_ranks(
 
     assert any(f"top_k 500 is not below the {WUSTL_INPUT_COLUMNS} model columns" in line for line in warnings)
     assert len(ranking) == WUSTL_INPUT_COLUMNS
+    assert metrics["top_k_features"] == WUSTL_INPUT_COLUMNS
     _, preprocessor = load_model(tmp_path / "out")
     assert preprocessor.n_features == WUSTL_INPUT_COLUMNS
 
@@ -613,3 +637,22 @@ def test_cli_signal_stops_without_traceback(wustl_path: Path, tmp_path: Path, si
     assert "metrics.json was not written" in output
     assert "Traceback" not in output
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_format_table_one_window_has_one_cnn_row() -> None:
+    scores = {"accuracy": 0.9, "precision": 0.8, "recall": 0.7, "f1": 0.75, "macro_f1": 0.8, "fpr": 0.01}
+    scores["roc_auc"] = 0.9
+    single = {**scores, "window": 1, "window_results": {"1": scores}, "baselines": {"random_forest": scores}}
+    several = {**single, "window_results": {"1": scores, "16": scores}}
+
+    single_names = [line.split()[0] for line in format_table(single).splitlines()[1:]]
+    several_names = [line.split()[0] for line in format_table(several).splitlines()[1:]]
+
+    assert single_names == ["cnn_lstm", "random_forest"]
+    assert several_names == ["cnn_lstm", "cnn_lstm", "cnn_lstm", "random_forest"]
+
+
+def test_windows_option_drops_repeated_lengths() -> None:
+    arguments = build_parser().parse_args(["--dataset", "x", "--out", "o", "--windows", "16,1,16,1"])
+
+    assert arguments.windows == [16, 1]
