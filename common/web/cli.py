@@ -315,11 +315,12 @@ def serve(app: Flask, settings: WebSettings, name: str) -> None:
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
         logger.info("serve: stopping %s", name)
-        server.close()
         raise SystemExit(0)
 
     # Waitress's run() catches KeyboardInterrupt and SystemExit and returns
     # without a word, so both signals get this handler, which logs first.
+    # The server is closed only after run() has waited for the worker threads,
+    # because a thread that finishes a response writes to the trigger pipe that close() closes.
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     print(f"{name}: serving on http://{url_host(settings.host)}:{port}", flush=True)
