@@ -22,6 +22,7 @@ import datetime
 import hashlib
 import ipaddress
 import os
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,6 +46,12 @@ _CURVE = ec.SECP384R1()
 # Clock differences between machines would otherwise make a fresh
 # certificate "not yet valid" on a hospital whose clock runs behind.
 _BACKDATE = datetime.timedelta(minutes=5)
+
+#: Longest DNS host name and label, in characters. RFC 1035 allows 255 octets on the wire, 253 characters as text.
+MAX_DNS_NAME_CHARS = 253
+MAX_DNS_LABEL_CHARS = 63
+
+_DNS_LABEL_CHARACTER = re.compile(r"[A-Za-z0-9-]")
 
 
 @dataclass(frozen=True)
@@ -106,8 +113,38 @@ def create_certificate_authority(
     return key, certificate
 
 
+def dns_name_problem(name: str) -> str | None:
+    """Return why ``name`` is not a valid DNS host name, or ``None`` when it is one.
+
+    A host name is made of dot-separated labels of 1 to 63 ASCII letters,
+    digits and hyphens, none starting or ending with a hyphen, and has at
+    most 253 characters (RFC 1035 and RFC 1123). Internationalized names
+    must be given in their ``xn--`` form; wildcards are not accepted.
+    """
+    if not name:
+        return "it is empty"
+    if len(name) > MAX_DNS_NAME_CHARS:
+        return f"it has {len(name)} characters; a host name has at most {MAX_DNS_NAME_CHARS}"
+    for character in name:
+        if character != "." and not _DNS_LABEL_CHARACTER.fullmatch(character):
+            return f"it contains {character!r}; a host name contains only letters, digits, hyphens and dots"
+    for label in name.split("."):
+        if not label:
+            return "it has an empty label: it starts or ends with a dot, or has two dots in a row"
+        if len(label) > MAX_DNS_LABEL_CHARS:
+            return f"it has a label of {len(label)} characters; a label has at most {MAX_DNS_LABEL_CHARS}"
+        if label.startswith("-") or label.endswith("-"):
+            return f"its label {label!r} starts or ends with a hyphen"
+    return None
+
+
 def _subject_alternative_names(hostnames: Sequence[str], ip_addresses: Sequence[str]) -> list[x509.GeneralName]:
-    names: list[x509.GeneralName] = [x509.DNSName(host) for host in hostnames]
+    names: list[x509.GeneralName] = []
+    for host in hostnames:
+        problem = dns_name_problem(host)
+        if problem is not None:
+            raise CredentialError(f"certificate: {host!r} is not a valid DNS host name: {problem}")
+        names.append(x509.DNSName(host))
     for text in ip_addresses:
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(text)))
@@ -166,7 +203,9 @@ def create_server_certificate(
 
 def _check_writable(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
-        raise CredentialError(f"{path} already exists; remove it first or pass the overwrite option to replace it")
+        raise CredentialError(
+            f"{path} already exists; remove it first, or replace it with --overwrite (overwrite=True from Python)"
+        )
 
 
 def write_private_file(path: str | os.PathLike[str], data: bytes) -> Path:
@@ -269,6 +308,8 @@ def create_tls_files(
     """
     out_dir = Path(out_dir)
     files = TLSFiles(out_dir / "ca.pem", out_dir / "ca.key", out_dir / f"{name}.pem", out_dir / f"{name}.key")
+    # Checked before anything is written, so invalid names leave no new CA behind.
+    _subject_alternative_names(hostnames, ip_addresses)
     _check_writable(files.certificate, overwrite)
     _check_writable(files.key, overwrite)
     if files.ca_certificate.exists() and files.ca_key.exists():

@@ -26,6 +26,7 @@ from pathlib import Path
 import psutil
 
 from common.exceptions import ConfigError, DeploymentError
+from common.network import url_host
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ _LISTEN_ADVICE = {
     errno.EADDRINUSE: "another program already listens there; stop it or choose another --port",
     errno.EADDRNOTAVAIL: "no network interface of this machine has that address; choose another --host",
     errno.EACCES: "ports below 1024 need administrator rights; choose a port above 1023",
+    errno.EAFNOSUPPORT: "this machine does not support that address family; choose an address of the other family "
+    "with --host",
 }
 
 
@@ -88,17 +91,19 @@ def listen_errors(host: str, port: int) -> Iterator[None]:
 
     A host name that does not resolve is reported the same way, whether the
     server raises :class:`socket.gaierror` or, like waitress, ``ValueError``.
-    Any other error passes through unchanged.
+    Any other error passes through unchanged. An IPv6 host is written in
+    brackets, as in a URL.
     """
+    address = f"{url_host(host)}:{port}"
     try:
         yield
     except (socket.gaierror, ValueError) as error:
-        raise ConfigError(f"cannot listen on {host}:{port}: {error}; check --host and --port") from error
+        raise ConfigError(f"cannot listen on {address}: {error}; check --host and --port") from error
     except OSError as error:
         advice = _LISTEN_ADVICE.get(error.errno or -1)
         if advice is None:
             raise
-        raise ConfigError(f"cannot listen on {host}:{port}: {error.strerror}; {advice}") from error
+        raise ConfigError(f"cannot listen on {address}: {error.strerror}; {advice}") from error
 
 
 def wait_for_tls_port(host: str, port: int, ca_certificate: Path, timeout: float) -> None:

@@ -62,6 +62,7 @@ from typing import Any
 
 from common.credentials import write_private_file
 from common.exceptions import ConfigError, FedIDSError, RegistryError
+from common.network import bare_host, is_loopback, listen_family, listen_host_option, url_host
 from common.processes import listen_errors
 from server.registry import Registry
 
@@ -230,6 +231,12 @@ class _Handler(BaseHTTPRequestHandler):
         logger.debug("serve: %s " + format, self.client_address[0], *args)
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        if not self.command:
+            # http.server sends the error response for an over-long or malformed
+            # request line before it sets the command and path, so there is no request to name.
+            problem = "is longer than 65536 bytes" if code == HTTPStatus.REQUEST_URI_TOO_LONG else "is malformed"
+            logger.info("serve: request line from %s %s -> %s", self.client_address[0], problem, code)
+            return
         logger.info("serve: site %s %s %s -> %s", self.site, self.command, self.path, code)
 
     def _send_json(self, status: HTTPStatus, payload: Any) -> None:
@@ -323,6 +330,7 @@ class ModelService(ThreadingHTTPServer):
     ----------
     address : (host, port)
         Where to listen; port 0 picks a free port (see ``server_address``).
+        An IPv6 host (``::1``, ``[::1]``) listens over IPv6.
     registry : Registry
     tokens : TokenStore
     context : ssl.SSLContext
@@ -335,7 +343,10 @@ class ModelService(ThreadingHTTPServer):
     def __init__(
         self, address: tuple[str, int], registry: Registry, tokens: TokenStore, context: ssl.SSLContext
     ) -> None:
-        super().__init__(address, _Handler)
+        host, port = address
+        # socketserver binds with the class's address family, which is IPv4 only.
+        self.address_family = listen_family(host, port)
+        super().__init__((bare_host(host), port), _Handler)
         self.socket = context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
         self.registry = registry
         self.tokens = tokens
@@ -393,8 +404,10 @@ def start_service(
     if not Path(registry_dir).is_dir():
         logger.warning("serve: registry %s does not exist yet; sites get 404 until the first publish", registry_dir)
     context = server_context(cert, key)
+    # Read before binding: listen_errors would report a tokens-file error as an address problem.
+    tokens = TokenStore(tokens_path)
     with listen_errors(host, port):
-        return ModelService((host, port), registry, TokenStore(tokens_path), context)
+        return ModelService((host, port), registry, tokens, context)
 
 
 # ---------------------------------------------------------------------------
@@ -411,7 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tokens", required=True, type=Path, help="tokens file written by add-site")
     serve.add_argument("--cert", required=True, type=Path, help="coordinator's TLS certificate chain (PEM)")
     serve.add_argument("--key", required=True, type=Path, help="private key of the TLS certificate (PEM)")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on, IPv4 or IPv6 (default: 127.0.0.1)"
+    )
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT}; 0 picks one)")
 
     add = commands.add_parser("add-site", help="issue a token for a site")
@@ -436,6 +451,13 @@ def _serve(args: argparse.Namespace) -> None:
         )
     service = start_service(args.registry, args.tokens, args.cert, args.key, args.host, args.port)
     host, port = service.server_address[:2]
+    # Warned only once the bind succeeded, so an address that cannot be used gets its error alone.
+    if not is_loopback(str(host)):
+        logger.warning(
+            "serve: listening on %s, which other machines can reach; let only the hospitals' networks "
+            "connect to port %d (firewall)",
+            host, port,
+        )
 
     def stop(signum: int, frame: FrameType | None) -> None:
         # shutdown() waits for serve_forever to return, so it must run on another thread.
@@ -443,7 +465,7 @@ def _serve(args: argparse.Namespace) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    print(f"serve: listening on https://{host!s}:{port} (registry {args.registry})", flush=True)
+    print(f"serve: listening on https://{url_host(str(host))}:{port} (registry {args.registry})", flush=True)
     try:
         service.serve_forever()
     finally:
@@ -457,6 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         if args.command == "serve":
+            args.host = listen_host_option(args.host)
             if not 0 <= args.port <= 65535:
                 raise ConfigError(f"--port must be between 0 and 65535, got {args.port}")
             _serve(args)

@@ -19,6 +19,7 @@ certificate.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import secrets
 import sys
@@ -30,10 +31,11 @@ from common.credentials import (
     TLSFiles,
     certificate_names,
     create_tls_files,
+    dns_name_problem,
     load_certificate,
     write_private_file,
 )
-from common.exceptions import FedIDSError
+from common.exceptions import CredentialError, FedIDSError
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +100,22 @@ def create_superlink_tls(
     return files
 
 
+def _check_host_option(host: str) -> None:
+    if _is_ip_address(host):
+        raise CredentialError(f"--host {host!r} is an IP address; pass it with --ip")
+    problem = dns_name_problem(host)
+    if problem is not None:
+        raise CredentialError(f"invalid --host {host!r}: {problem}")
+
+
+def _is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m server.tls", description="Create the coordinator CA and the SuperLink TLS certificate."
@@ -119,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        for host in args.host:
+            _check_host_option(host)
         files = create_superlink_tls(args.out, args.host, args.ip, valid_days=args.days, overwrite=args.overwrite)
         names = certificate_names(load_certificate(files.certificate))
         secret = create_superexec_secret(args.out)

@@ -24,6 +24,7 @@ from client.supernode import main as supernode_main
 from common.credentials import (
     certificate_names,
     create_tls_files,
+    dns_name_problem,
     load_auth_private_key,
     load_auth_public_key,
     load_certificate,
@@ -107,6 +108,60 @@ def test_tls_files_reject_invalid_ip(tmp_path: Path) -> None:
         create_superlink_tls(tmp_path, ip_addresses=["300.1.1.1"])
 
 
+def test_tls_files_reject_invalid_dns_name(tmp_path: Path) -> None:
+    with pytest.raises(CredentialError, match=r"'bad host' is not a valid DNS host name: it contains ' '"):
+        create_superlink_tls(tmp_path, ["bad host"])
+
+    assert not (tmp_path / "ca.pem").exists()
+    assert not (tmp_path / "ca.key").exists()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "localhost",
+        "coordinator-1.hospital-net.example",
+        "xn--hpital-fva.example",
+        "a" * 63,
+        ".".join(["a" * 63] * 4)[:253],
+    ],
+    ids=["localhost", "hyphens", "punycode", "longest-label", "longest-name"],
+)
+def test_dns_name_problem_accepts_host_names(name: str) -> None:
+    assert dns_name_problem(name) is None
+
+
+@pytest.mark.parametrize(
+    ("host", "message"),
+    [
+        ("", "invalid --host '': it is empty"),
+        ("  ", "it contains ' '; a host name contains only letters, digits, hyphens and dots"),
+        ("bad host", "invalid --host 'bad host': it contains ' '"),
+        ("h\u00f4pital.example", "it contains '\u00f4'"),
+        ("*.example", "it contains '*'"),
+        ("link.example.", "it has an empty label"),
+        ("a..example", "it has an empty label"),
+        ("-link.example", "its label '-link' starts or ends with a hyphen"),
+        ("a" * 64 + ".example", "it has a label of 64 characters; a label has at most 63"),
+        (".".join(["a" * 63] * 4), "it has 255 characters; a host name has at most 253"),
+        ("192.0.2.7", "--host '192.0.2.7' is an IP address; pass it with --ip"),
+    ],
+    ids=["empty", "spaces", "space", "non-ascii", "wildcard", "trailing-dot", "double-dot", "leading-hyphen",
+         "long-label", "long-name", "ip-address"],
+)
+def test_tls_command_rejects_invalid_host(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], host: str, message: str
+) -> None:
+    status = tls_main(["--out", str(tmp_path / "secrets"), f"--host={host}"])
+
+    error = capsys.readouterr().err
+    assert status == 2
+    assert len(error.splitlines()) == 1
+    assert error.startswith("error: ")
+    assert message in error
+    assert not (tmp_path / "secrets").exists()
+
+
 def test_load_certificate_rejects_other_file(tmp_path: Path) -> None:
     path = tmp_path / "not-a-cert.pem"
     path.write_text("hello\n")
@@ -167,7 +222,7 @@ def test_tls_command_prints_error_on_existing_files(tmp_path: Path, capsys: pyte
 
     error = capsys.readouterr().err
     assert error.startswith("error: ")
-    assert "already exists" in error
+    assert "superlink.pem already exists; remove it first, or replace it with --overwrite" in error
     assert "Traceback" not in error
 
 

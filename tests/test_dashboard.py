@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flask import Flask
 from flask.testing import FlaskClient
 
+from common.exceptions import ConfigError
+from common.web import cli
+from common.web.app import web_state
+from common.web.serving import create_wsgi_server, listening_addresses
 from common.web.settings import WebSettings
 from server.dashboard.app import create_dashboard_app, render_round_chart
 from server.dashboard.runs import list_runs, load_run, read_history
@@ -322,6 +328,22 @@ def test_dashboard_admin_audit_shows_sign_ins(admin: FlaskClient) -> None:
     assert [row[1:3] for row in rows] == [[ADMIN[0], "sign-in"]]
 
 
+def test_audit_page_shows_command_line_actions(app: Flask, admin: FlaskClient) -> None:
+    settings = web_state(app).settings
+    cli.set_account_password(settings, ANALYST[0], "a brand new passphrase")
+    cli.unlock_sign_in(settings, None, "10.0.0.9")
+
+    rows = table_rows(admin.get("/admin/audit").get_data(as_text=True), "audit-table")
+
+    # Columns after the time: User, Action, Address, File, File SHA-256, Model version, Detail.
+    assert [row[1:] for row in rows] == [
+        ["", "sign-in-unlocked", "", "", "", "",
+         "command line: unlocked sign-in for address 10.0.0.9; deleted 0 failed sign-in(s)"],
+        ["", "password-set", "", "", "", "", f"command line: set a new password for {ANALYST[0]}; ended 0 session(s)"],
+        [ADMIN[0], "sign-in", "127.0.0.1", "", "", "", ""],
+    ]
+
+
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
 def test_serve_logs_stop_on_signal(tmp_path: Path, stop_signal: signal.Signals) -> None:
     environment = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
@@ -362,3 +384,109 @@ def test_serve_on_taken_port_prints_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     assert f"dashboard: error: cannot listen on 127.0.0.1:{port}: " in result.stderr
     assert "another program already listens there; stop it or choose another --port" in result.stderr
+
+
+@pytest.mark.parametrize("host", ["::1", "[::1]"], ids=["plain", "brackets"])
+def test_serve_on_ipv6_loopback(tmp_path: Path, host: str) -> None:
+    environment = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server.dashboard", "serve", "--host", host, "--port", "0",
+         "--instance-dir", str(tmp_path / "web"), "--checkpoint-dir", str(tmp_path / "runs")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment, cwd=REPOSITORY,
+    )
+    try:
+        assert process.stdout is not None
+        first_line = process.stdout.readline()
+        url = first_line.split()[-1]
+        with urllib.request.urlopen(f"{url}/login", timeout=10) as response:
+            status = response.status
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    assert first_line.startswith("dashboard: serving on http://[::1]:")
+    assert status == 200
+    assert "which other machines can reach" not in stderr
+    assert "Traceback" not in stderr
+
+
+class _FakeWaitress:
+    """Stands in for a waitress server that has bound its sockets; run returns at once."""
+
+    effective_port = "8090"
+
+    def run(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("host", "bound", "url", "warned"),
+    [
+        ("0.0.0.0", ["0.0.0.0"], "http://0.0.0.0:8090", "0.0.0.0"),
+        ("::", ["::"], "http://[::]:8090", "::"),
+        ("coordinator.example", ["127.0.0.1", "192.0.2.10"], "http://coordinator.example:8090", "192.0.2.10"),
+        ("::1", ["::1"], "http://[::1]:8090", None),
+        ("localhost", ["127.0.0.1"], "http://localhost:8090", None),
+    ],
+    ids=["every-ipv4-interface", "every-ipv6-interface", "name-with-reachable-address", "ipv6-loopback", "localhost"],
+)
+def test_serve_warns_after_bind_about_reachable_addresses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch, host: str, bound: list[str], url: str, warned: str | None,
+) -> None:
+    # No socket is bound to a non-loopback address: the check runs on the addresses a bind would report.
+    monkeypatch.setattr(cli, "create_wsgi_server", lambda _app, _settings: _FakeWaitress())
+    monkeypatch.setattr(cli, "listening_addresses", lambda _server: [(address, "8090") for address in bound])
+    monkeypatch.setattr(cli.signal, "signal", lambda *_arguments: None)
+    settings = WebSettings(instance_dir=tmp_path, host=host, port=8090)
+
+    with caplog.at_level(logging.WARNING, logger="common.web.cli"):
+        cli.serve(Flask(__name__), settings, "dashboard")
+
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert capsys.readouterr().out == f"dashboard: serving on {url}\n"
+    if warned is None:
+        assert warnings == []
+    else:
+        assert warnings == [
+            f"serve: listening on {warned}, which other machines can reach; put a TLS proxy in front and pass "
+            "--secure-cookies"
+        ]
+
+
+def test_serve_unusable_host_gets_only_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail_to_bind(_app: Flask, _settings: WebSettings) -> Any:
+        raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+
+    # Fails the way binding an address of no local interface does, without trying it.
+    monkeypatch.setattr(cli, "create_wsgi_server", fail_to_bind)
+    settings = WebSettings(instance_dir=tmp_path, host="192.0.2.10", port=8090)
+
+    with caplog.at_level(logging.WARNING, logger="common.web.cli"), pytest.raises(ConfigError) as raised:
+        cli.serve(Flask(__name__), settings, "dashboard")
+
+    assert str(raised.value) == (
+        "cannot listen on 192.0.2.10:8090: Cannot assign requested address; no network interface of this machine "
+        "has that address; choose another --host"
+    )
+    assert caplog.records == []
+
+
+def test_listening_addresses_of_bound_server(app: Flask) -> None:
+    settings = WebSettings(instance_dir=web_state(app).settings.instance_dir, host="localhost", port=0)
+    server = create_wsgi_server(app, settings)
+    try:
+        addresses = listening_addresses(server)
+        port = str(server.effective_port)
+    finally:
+        server.close()
+
+    assert addresses == [("127.0.0.1", port)]

@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from common.exceptions import ConfigError
+from common.network import is_loopback, listen_family, listen_host_option, url_host
 from common.processes import (
     free_port,
     kill_process_tree,
@@ -120,6 +121,7 @@ def test_listen_errors_names_a_taken_port() -> None:
     [
         (OSError(errno.EACCES, "Permission denied"), "Permission denied; ports below 1024 need administrator rights"),
         (OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address"), "choose another --host"),
+        (OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol"), "address of the other family"),
         (socket.gaierror(socket.EAI_NONAME, "Name or service not known"), "check --host and --port"),
         (ValueError("Invalid host/port specified."), "Invalid host/port specified.; check --host and --port"),
     ],
@@ -139,3 +141,82 @@ def test_listen_errors_passes_other_errors_through() -> None:
         raise OSError(errno.ENOMEM, "Cannot allocate memory")
 
     assert not isinstance(raised.value, ConfigError)
+
+
+def test_listen_errors_brackets_ipv6_host() -> None:
+    expected = r"^cannot listen on \[::1\]:8080: Cannot assign requested address; "
+    with pytest.raises(ConfigError, match=expected), listen_errors("::1", 8080):
+        raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("localhost", True),
+        ("LOCALHOST", True),
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("::ffff:127.0.0.1", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("[::]", False),
+        ("192.0.2.10", False),
+        ("2001:db8::10", False),
+        ("coordinator.example", False),
+    ],
+)
+def test_is_loopback_addresses(host: str, expected: bool) -> None:
+    assert is_loopback(host) is expected
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [("127.0.0.1", "127.0.0.1"), ("::1", "[::1]"), ("[::1]", "[::1]"), ("::", "[::]"), ("localhost", "localhost")],
+)
+def test_url_host_brackets_ipv6(host: str, expected: str) -> None:
+    assert url_host(host) == expected
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [("127.0.0.1", socket.AF_INET), ("0.0.0.0", socket.AF_INET), ("::1", socket.AF_INET6), ("[::]", socket.AF_INET6)],
+)
+def test_listen_family_of_addresses(host: str, expected: socket.AddressFamily) -> None:
+    assert listen_family(host, 0) == expected
+
+
+@pytest.mark.parametrize(
+    ("addresses", "expected"),
+    [
+        (["::1", "127.0.0.1"], socket.AF_INET),
+        (["::1"], socket.AF_INET6),
+    ],
+    ids=["both-families", "ipv6-only"],
+)
+def test_listen_family_of_names(
+    monkeypatch: pytest.MonkeyPatch, addresses: list[str], expected: socket.AddressFamily
+) -> None:
+    def resolve(host: str, port: int, *_arguments: object, **_options: object) -> list[tuple[object, ...]]:
+        assert host == "coordinator.example"
+        return [
+            (socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))
+            for address in addresses
+        ]
+
+    # Returns what a resolver that knows the name would, so nothing is looked up.
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+
+    assert listen_family("coordinator.example", 8443) == expected
+
+
+@pytest.mark.parametrize("host", ["", " ", "\t"], ids=["empty", "space", "tab"])
+def test_listen_host_option_rejects_empty(host: str) -> None:
+    with pytest.raises(ConfigError, match=r"^--host '.*' is empty; pass 127\.0\.0\.1 to listen on this machine only"):
+        listen_host_option(host)
+
+
+def test_listen_host_option_removes_brackets() -> None:
+    assert listen_host_option("[::1]") == "::1"
+    assert listen_host_option("127.0.0.1") == "127.0.0.1"

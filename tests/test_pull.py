@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
+import threading
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import server.model_service as model_service
 from client.pull import ModelServiceClient, pull_bundle, read_token
 from client.pull import main as pull_main
 from common.bundle import file_sha256, load_bundle, load_public_key, pack_bundle
 from common.exceptions import PullError
-from server.model_service import TokenStore, add_site, revoke_site, token_hash
+from server.model_service import ModelService, TokenStore, add_site, revoke_site, start_service, token_hash
 from server.model_service import main as service_main
 from server.registry import Registry
 from server.signing import generate_keypair, load_private_key
@@ -64,30 +70,53 @@ def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coordinato
             run_id="run-p", server_round=number, signing_key=load_private_key(private_key),
             dataset_file=dataset, export_onnx=False,
         )
-    ca, cert, key = write_test_pki(work / "tls")
+    ca, _, _ = write_test_pki(work / "tls")
     tokens = work / "site-tokens.json"
     token_file = work / "hospital-a.token"
     token_file.write_text(add_site(tokens, "hospital-a") + "\n")
     token_file.chmod(0o600)
+    process, url = _start_service_process(work, tokens, "127.0.0.1")
+    try:
+        yield Coordinator(url, ca, public_key, token_file, tokens, registry, process, work)
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+
+
+def _start_service_process(work: Path, tokens: Path, host: str) -> tuple[subprocess.Popen[str], str]:
+    """Start ``serve`` on ``host`` with the registry and TLS files under ``work``; return the process and its URL."""
     process = subprocess.Popen(
         [
             sys.executable, "-m", "server.model_service", "serve", "--registry", str(work / "registry"),
-            "--tokens", str(tokens), "--cert", str(cert), "--key", str(key), "--host", "127.0.0.1", "--port", "0",
+            "--tokens", str(tokens), "--cert", str(work / "tls" / "server.pem"),
+            "--key", str(work / "tls" / "server.key"), "--host", host, "--port", "0",
         ],
         cwd=ROOT, env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     assert process.stdout is not None
     line = process.stdout.readline()
     # A service that fails to start exits, so readline returns "" instead of blocking.
-    if not line.startswith("serve: listening on https://127.0.0.1:"):
+    if not line.startswith("serve: listening on https://"):
         process.kill()
         pytest.fail(f"model service did not start: {line}{process.communicate()[1]}")
-    url = line.split()[3]
+    return process, line.split()[3]
+
+
+@contextlib.contextmanager
+def _service_in_thread(coordinator: Coordinator, host: str = "127.0.0.1") -> Iterator[ModelService]:
+    """Serve the coordinator's registry from this process on a free port, so a test can read the log."""
+    tls = coordinator.work / "tls"
+    service = start_service(
+        coordinator.work / "registry", coordinator.tokens, tls / "server.pem", tls / "server.key", host, 0
+    )
+    thread = threading.Thread(target=service.serve_forever, daemon=True)
+    thread.start()
     try:
-        yield Coordinator(url, ca, public_key, token_file, tokens, registry, process, work)
+        yield service
     finally:
-        process.terminate()
-        process.communicate(timeout=30)
+        service.shutdown()
+        service.server_close()
+        thread.join(timeout=30)
 
 
 def _pull(coordinator: Coordinator, destination: Path, *extra: str, url: str | None = None,
@@ -301,6 +330,23 @@ def test_pull_rejects_tampered_bundle_and_keeps_current(coordinator: Coordinator
     (registry.root / "latest.json").write_text(json.dumps({"version": "run-p/round-002"}))
 
 
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "bEaReR"])
+def test_bearer_scheme_any_case(coordinator: Coordinator, scheme: str) -> None:
+    # HTTP authentication schemes are case-insensitive (RFC 9110, section 11.1).
+    token = coordinator.token_file.read_text().strip()
+    request = urllib.request.Request(
+        f"{coordinator.url}/v1/versions/latest", headers={"Authorization": f"{scheme} {token}"}
+    )
+    context = ssl.create_default_context(cafile=str(coordinator.ca))
+
+    with urllib.request.urlopen(request, timeout=10, context=context) as response:
+        status = response.status
+        entry = json.loads(response.read())
+
+    assert status == 200
+    assert entry["version"] == "run-p/round-002"
+
+
 def test_service_log_never_contains_token(coordinator: Coordinator) -> None:
     """Stops the shared service to read its log, so it stays the module's last test."""
     _client(coordinator).entry("latest")
@@ -345,12 +391,19 @@ def test_pull_negative_timeout(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 
 def test_serve_on_taken_port(coordinator: Coordinator, capsys: pytest.CaptureFixture[str]) -> None:
-    port = coordinator.url.rsplit(":", 1)[1].split("/")[0]
     tls = coordinator.work / "tls"
-    arguments = ["serve", "--registry", str(coordinator.work / "registry"), "--tokens", str(coordinator.tokens)]
-    arguments += ["--cert", str(tls / "server.pem"), "--key", str(tls / "server.key"), "--port", port]
+    # The test binds the port itself, because the shared service has been stopped
+    # by now and serve would run on a free port until it is killed.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        arguments = ["serve", "--registry", str(coordinator.work / "registry"), "--tokens", str(coordinator.tokens)]
+        arguments += ["--cert", str(tls / "server.pem"), "--key", str(tls / "server.key"), "--port", port]
 
-    assert service_main(arguments) == 1
+        status = service_main(arguments)
+
+    assert status == 1
 
     error = capsys.readouterr().err
     assert f"cannot listen on 127.0.0.1:{port}: " in error
@@ -364,3 +417,159 @@ def test_serve_missing_registry(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert service_main(arguments) == 1
 
     assert "registry folder" in capsys.readouterr().err
+
+
+def test_long_request_line_gets_414(coordinator: Coordinator, caplog: pytest.LogCaptureFixture) -> None:
+    context = ssl.create_default_context(cafile=str(coordinator.ca))
+    # Exactly one byte over http.server's limit of 65536 and no line end, so the
+    # service reads everything sent and closes without resetting the connection.
+    request_line = b"GET /" + b"a" * (65537 - len(b"GET /"))
+
+    with caplog.at_level(logging.INFO, logger="server.model_service"), _service_in_thread(coordinator) as service:
+        port = service.server_address[1]
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as connection,
+        ):
+            connection.sendall(request_line)
+            status_line = connection.makefile("rb").readline()
+
+    assert status_line.startswith(b"HTTP/1.1 414 ")
+    assert "serve: request line from 127.0.0.1 is longer than 65536 bytes -> 414" in caplog.messages
+    assert [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR] == []
+
+
+@pytest.mark.parametrize("host", ["", "   "], ids=["empty", "whitespace"])
+def test_serve_rejects_empty_host(tmp_path: Path, capsys: pytest.CaptureFixture[str], host: str) -> None:
+    arguments = ["serve", "--registry", str(tmp_path), "--tokens", str(tmp_path / "t.json")]
+    arguments += ["--cert", str(tmp_path / "c.pem"), "--key", str(tmp_path / "c.key"), "--host", host]
+
+    status = service_main(arguments)
+
+    error = capsys.readouterr().err
+    assert status == 1
+    assert error == (
+        f"error: --host {host!r} is empty; pass 127.0.0.1 to listen on this machine only, "
+        "or 0.0.0.0 (or ::) to listen on every interface\n"
+    )
+
+
+def test_serve_missing_tokens_file_not_listen_error(
+    coordinator: Coordinator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tls = coordinator.work / "tls"
+    tokens = tmp_path / "absent.json"
+    arguments = ["serve", "--registry", str(coordinator.work / "registry"), "--tokens", str(tokens)]
+    arguments += ["--cert", str(tls / "server.pem"), "--key", str(tls / "server.key"), "--port", "0"]
+
+    status = service_main(arguments)
+
+    error = capsys.readouterr().err
+    assert status == 1
+    assert error.startswith(f"error: tokens file not found: {tokens}; create it with")
+    assert "cannot listen" not in error
+
+
+def test_serve_over_ipv6_loopback(coordinator: Coordinator) -> None:
+    process, url = _start_service_process(coordinator.work, coordinator.tokens, "::1")
+    try:
+        client = ModelServiceClient(url, coordinator.token_file.read_text().strip(), coordinator.ca)
+        entry = client.entry("latest")
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=30)
+
+    assert url.startswith("https://[::1]:")
+    assert entry["version"] == "run-p/round-002"
+    assert "serve: site hospital-a GET /v1/versions/latest -> 200" in stderr
+    assert "which other machines can reach" not in stderr
+    assert "Traceback" not in stderr
+
+
+def test_service_listens_on_bracketed_ipv6(coordinator: Coordinator) -> None:
+    with _service_in_thread(coordinator, host="[::1]") as service:
+        family = service.address_family
+        address = service.server_address[0]
+        client = ModelServiceClient(f"https://[::1]:{service.server_address[1]}",
+                                    coordinator.token_file.read_text().strip(), coordinator.ca)
+        entry = client.entry("latest")
+
+    assert family == socket.AF_INET6
+    assert address == "::1"
+    assert entry["version"] == "run-p/round-002"
+
+
+def test_serve_unresolvable_host_only_error(
+    coordinator: Coordinator, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def fail_to_resolve(*_arguments: Any, **_options: Any) -> Any:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    # The name is never looked up: resolving it fails the way an unknown name does.
+    monkeypatch.setattr(socket, "getaddrinfo", fail_to_resolve)
+    tls = coordinator.work / "tls"
+    arguments = ["serve", "--registry", str(coordinator.work / "registry"), "--tokens", str(coordinator.tokens)]
+    arguments += ["--cert", str(tls / "server.pem"), "--key", str(tls / "server.key")]
+    arguments += ["--host", "coordinator.invalid", "--port", "0"]
+
+    with caplog.at_level(logging.WARNING, logger="server.model_service"):
+        status = service_main(arguments)
+
+    assert status == 1
+    assert capsys.readouterr().err == (
+        "error: cannot listen on coordinator.invalid:0: [Errno -2] Name or service not known; check --host and --port\n"
+    )
+    assert "which other machines can reach" not in caplog.text
+
+
+class _BoundService:
+    """Stands in for a ModelService that has bound ``address``; serve_forever returns at once."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.server_address = address
+
+    def serve_forever(self) -> None:
+        return None
+
+    def shutdown(self) -> None:
+        return None
+
+    def server_close(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("bound", "url", "reachable"),
+    [
+        (("0.0.0.0", 8443), "https://0.0.0.0:8443", True),
+        (("::", 8443), "https://[::]:8443", True),
+        (("192.0.2.10", 8443), "https://192.0.2.10:8443", True),
+        (("127.0.0.1", 8443), "https://127.0.0.1:8443", False),
+        (("::1", 8443), "https://[::1]:8443", False),
+    ],
+    ids=["every-ipv4-interface", "every-ipv6-interface", "one-address", "ipv4-loopback", "ipv6-loopback"],
+)
+def test_serve_warns_when_other_machines_can_connect(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch, bound: tuple[str, int], url: str, reachable: bool,
+) -> None:
+    # No socket is bound to a non-loopback address: the check runs on the address a bind would report.
+    monkeypatch.setattr(model_service, "start_service", lambda *_arguments: _BoundService(bound))
+    monkeypatch.setattr(model_service.signal, "signal", lambda *_arguments: None)
+    arguments = ["serve", "--registry", str(tmp_path), "--tokens", str(tmp_path / "t.json")]
+    arguments += ["--cert", str(tmp_path / "c.pem"), "--key", str(tmp_path / "c.key"), "--host", bound[0]]
+
+    with caplog.at_level(logging.WARNING, logger="server.model_service"):
+        status = service_main(arguments)
+
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert status == 0
+    assert capsys.readouterr().out == f"serve: listening on {url} (registry {tmp_path})\n"
+    if reachable:
+        assert warnings == [
+            f"serve: listening on {bound[0]}, which other machines can reach; let only the hospitals' networks "
+            "connect to port 8443 (firewall)"
+        ]
+    else:
+        assert warnings == []

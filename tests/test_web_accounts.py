@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import os
 import stat
@@ -14,10 +15,12 @@ from argon2 import PasswordHasher
 from sqlalchemy import select
 
 from common.exceptions import ConfigError
+from common.web import cli
 from common.web.accounts import AccountError, AccountStore
 from common.web.audit import AuditLog
 from common.web.database import User, open_database
 from common.web.settings import SECRET_KEY_ENV, WebSettings
+from server.dashboard.__main__ import main as dashboard_main
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 START = dt.datetime(2026, 1, 1, 12, 0, 0)
@@ -422,7 +425,10 @@ def test_set_password_command_reads_stdin(tmp_path: Path, module: str, option: s
     assert store.user_for_token(token) is None
     assert store.sign_in("alice", "a brand new passphrase", "127.0.0.1").user is not None
     events = AuditLog(open_database(f"sqlite:///{instance / 'web.db'}")).page(1).events
-    assert [(event.action, event.username) for event in events] == [("password-set", "alice")]
+    # No signed-in user acted, so the User column stays empty and the detail names the command line and the target.
+    assert [(event.action, event.username, event.remote_addr, event.detail) for event in events] == [
+        ("password-set", "", "", "command line: set a new password for alice; ended 1 session(s)")
+    ]
 
 
 def test_set_password_command_rejects_bad_input(tmp_path: Path) -> None:
@@ -458,7 +464,11 @@ def test_unlock_command_for_user_and_all(tmp_path: Path) -> None:
     assert everyone.stdout.strip() == "unlocked sign-in for all users and addresses: deleted 5 failed sign-in(s)"
     assert store.sign_in("alice", "correct horse battery", "127.0.0.1").user is not None
     events = AuditLog(open_database(f"sqlite:///{instance / 'web.db'}")).page(1).events
-    assert [event.action for event in events] == ["sign-in-unlocked", "sign-in-unlocked"]
+    assert [(event.action, event.username, event.remote_addr, event.detail) for event in events] == [
+        ("sign-in-unlocked", "", "",
+         "command line: unlocked sign-in for all users and addresses; deleted 5 failed sign-in(s)"),
+        ("sign-in-unlocked", "", "", "command line: unlocked sign-in for user 'alice'; deleted 5 failed sign-in(s)"),
+    ]
 
 
 def test_unlock_command_rejects_bad_input(tmp_path: Path) -> None:
@@ -469,3 +479,178 @@ def test_unlock_command_rejects_bad_input(tmp_path: Path) -> None:
     assert "one of the arguments --user/--username --address --all is required" in no_target.stderr
     assert unknown.returncode == 2
     assert unknown.stderr.strip() == "site-console: error: user 'nobody' does not exist"
+
+
+def test_unlock_command_for_address(tmp_path: Path) -> None:
+    instance = tmp_path / "web"
+    store, _ = _locked_out_alice(instance)
+
+    result = _run_console(
+        "unlock", "--address", "127.0.0.1", "--instance-dir", str(instance), module="server.dashboard"
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "unlocked sign-in for address 127.0.0.1: deleted 5 failed sign-in(s)"
+    assert store.sign_in("alice", "correct horse battery", "127.0.0.1").user is not None
+    events = AuditLog(open_database(f"sqlite:///{instance / 'web.db'}")).page(1).events
+    # The Address column is where a request came from; the unlocked address is the target, named in the detail.
+    assert [(event.action, event.username, event.remote_addr, event.detail) for event in events] == [
+        ("sign-in-unlocked", "", "",
+         "command line: unlocked sign-in for address 127.0.0.1; deleted 5 failed sign-in(s)"),
+    ]
+
+
+@pytest.mark.parametrize("address", ["notanip", "10.0.0.256", "10.0.0.5/24", "", " 10.0.0.5"])
+def test_unlock_command_rejects_invalid_address(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], address: str
+) -> None:
+    status = dashboard_main(["unlock", "--address", address, "--instance-dir", str(tmp_path / "web")])
+
+    error = capsys.readouterr().err
+    assert status == 2
+    assert error == (
+        f"dashboard: error: invalid --address {address!r}: give the client's IPv4 or IPv6 address as the audit log "
+        "shows it, such as 10.0.0.5 or 2001:db8::5\n"
+    )
+    assert not (tmp_path / "web").exists()
+
+
+def test_unlock_command_accepts_ipv6_address(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status = dashboard_main(["unlock", "--address", "2001:db8::5", "--instance-dir", str(tmp_path / "web")])
+
+    assert status == 0
+    assert capsys.readouterr().out == "unlocked sign-in for address 2001:db8::5: deleted 0 failed sign-in(s)\n"
+
+
+@pytest.mark.parametrize(
+    ("command", "first", "second"),
+    [
+        (["create-admin"], "--username", "--user"),
+        (["create-user", "--role", "analyst"], "--user", "--username"),
+        (["set-password"], "--username", "--user"),
+        (["unlock"], "--user", "--username"),
+        (["unlock"], "--user", "--user"),
+    ],
+    ids=["create-admin", "create-user", "set-password", "unlock", "unlock-same-option"],
+)
+def test_account_commands_reject_two_user_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str], first: str, second: str
+) -> None:
+    arguments = [*command, first, "alice", second, "bob", "--instance-dir", str(tmp_path / "web")]
+
+    with pytest.raises(SystemExit) as exited:
+        dashboard_main(arguments)
+
+    error = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert f"{first} 'alice' and {second} 'bob' name different users; give one user name" in error
+    assert not (tmp_path / "web").exists()
+
+
+def test_account_commands_accept_same_user_name_twice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(cli.PASSWORD_ENV, "correct horse battery")
+    instance = tmp_path / "web"
+
+    status = dashboard_main(["create-admin", "--username", "Alice", "--user", "alice", "--instance-dir", str(instance)])
+
+    assert status == 0, capsys.readouterr().err
+    assert "created administrator 'alice'" in capsys.readouterr().out
+
+
+def _serve_arguments(tmp_path: Path, *options: str) -> argparse.Namespace:
+    parser = cli.build_parser(
+        "python -m server.dashboard", "test", env_prefix="FEDIDS_TEST_", default_instance_dir=str(tmp_path),
+        default_port=8090, add_app_arguments=lambda _parser: None,
+    )
+    return parser.parse_args(["serve", *options])
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--max-upload-mb", "-5"], "--max-upload-mb must be a positive number, got -5"),
+        (["--max-upload-mb", "1e-9"], "--max-upload-mb 1e-09 is less than one byte; give at least 0.000001"),
+        (["--max-uncompressed-mb", "inf"], "--max-uncompressed-mb must be a positive number, got inf"),
+        (["--max-upload-mb", "10", "--max-uncompressed-mb", "5"],
+         "--max-uncompressed-mb (5) must be at least --max-upload-mb (10)"),
+        (["--session-hours", "0"], "--session-hours must be a positive number, got 0"),
+        (["--session-hours", "nan"], "--session-hours must be a positive number, got nan"),
+        (["--session-hours", "1e8"], "--session-hours 100000000 is too large"),
+        (["--login-window-minutes", "-1.5"], "--login-window-minutes must be a positive number, got -1.5"),
+        (["--login-window-minutes", "1e300"], "--login-window-minutes 1e+300 is too large"),
+        (["--login-max-failures", "0"], "--login-max-failures must be a positive number, got 0"),
+        (["--login-max-failures-per-address", "-2"],
+         "--login-max-failures-per-address must be a positive number, got -2"),
+        (["--port", "70000"], "--port must be between 0 and 65535, got 70000"),
+        (["--trusted-proxy", "proxy.local"], "invalid --trusted-proxy 'proxy.local': give an IP address or a network"),
+        (["--host", ""], "--host '' is empty; pass 127.0.0.1 to listen on this machine only"),
+        (["--host", "  "], "--host '  ' is empty"),
+    ],
+    ids=["upload-negative", "upload-below-byte", "uncompressed-inf", "uncompressed-below-upload",
+         "session-zero", "session-nan", "session-too-long", "window-negative", "window-too-long", "failures-zero",
+         "address-failures-negative", "port", "trusted-proxy", "host-empty", "host-whitespace"],
+)
+def test_serve_options_named_in_errors(tmp_path: Path, options: list[str], message: str) -> None:
+    arguments = _serve_arguments(tmp_path, *options)
+
+    with pytest.raises(ConfigError) as raised:
+        cli.settings_from_arguments(arguments)
+
+    assert str(raised.value).startswith(message)
+
+
+def test_serve_options_fractional_mebibytes(tmp_path: Path) -> None:
+    arguments = _serve_arguments(tmp_path, "--max-upload-mb", "0.5", "--max-uncompressed-mb", "0.75")
+
+    settings = cli.settings_from_arguments(arguments)
+
+    assert settings.max_upload_bytes == 524288
+    assert settings.max_uncompressed_bytes == 786432
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [("::1", "::1"), ("[::1]", "::1"), ("127.0.0.1", "127.0.0.1")],
+    ids=["ipv6", "brackets", "ipv4"],
+)
+def test_serve_host_without_brackets(tmp_path: Path, host: str, expected: str) -> None:
+    settings = cli.settings_from_arguments(_serve_arguments(tmp_path, "--host", host))
+
+    assert settings.host == expected
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--max-upload-mb", "-5"], "dashboard: error: --max-upload-mb must be a positive number, got -5"),
+        (["--session-hours", "0"], "dashboard: error: --session-hours must be a positive number, got 0"),
+    ],
+    ids=["max-upload-mb", "session-hours"],
+)
+def test_serve_command_prints_option_error(tmp_path: Path, options: list[str], message: str) -> None:
+    result = _run_console("serve", "--instance-dir", str(tmp_path / "web"), *options, module="server.dashboard")
+
+    assert result.returncode == 2
+    assert result.stderr == message + "\n"
+
+
+def test_account_command_rejects_file_as_instance_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    not_a_folder = tmp_path / "web.db"
+    not_a_folder.write_text("")
+
+    directly = dashboard_main(["create-user", "--username", "bob", "--instance-dir", str(not_a_folder)])
+    directly_error = capsys.readouterr().err
+    below = dashboard_main(["unlock", "--all", "--instance-dir", str(not_a_folder / "web")])
+    below_error = capsys.readouterr().err
+
+    assert directly == 2
+    assert directly_error == (
+        f"dashboard: error: --instance-dir {not_a_folder} is a file; pass a folder (it is created if missing) "
+        "or move the file away\n"
+    )
+    assert below == 2
+    assert below_error.startswith(
+        f"dashboard: error: --instance-dir {not_a_folder / 'web'} lies under {not_a_folder}, which is a file; "
+    )

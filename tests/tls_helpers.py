@@ -17,7 +17,7 @@ def _name(common_name: str) -> x509.Name:
 
 
 def write_test_pki(folder: Path, ca_name: str = "fedids test CA") -> tuple[Path, Path, Path]:
-    """Create a CA and a certificate for 127.0.0.1 and localhost signed by it.
+    """Create a CA and a certificate for 127.0.0.1, ::1 and localhost signed by it.
 
     Returns
     -------
@@ -55,7 +55,13 @@ def write_test_pki(folder: Path, ca_name: str = "fedids test CA") -> tuple[Path,
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    x509.IPAddress(ipaddress.ip_address("::1")),
+                ]
+            ),
             critical=False,
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)

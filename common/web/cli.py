@@ -24,18 +24,23 @@ from types import FrameType
 
 from flask import Flask
 
-from common.exceptions import FedIDSError
+from common.exceptions import ConfigError, FedIDSError
+from common.network import is_loopback, listen_host_option, url_host
 from common.processes import listen_errors
 from common.web.accounts import AccountError, AccountStore, normalize_username
 from common.web.audit import AuditLog
 from common.web.database import ROLE_ADMINISTRATOR, ROLE_ANALYST, ROLES, open_database
-from common.web.serving import create_wsgi_server
+from common.web.options import UserNameAction, check_instance_dir, check_serve_options
+from common.web.serving import create_wsgi_server, listening_addresses
 from common.web.settings import MEBIBYTE, WebSettings
 
 logger = logging.getLogger(__name__)
 
 #: Environment variable read by create-admin, create-user and set-password when --password-stdin is not given.
 PASSWORD_ENV = "FEDIDS_WEB_PASSWORD"
+
+#: Start of the audit detail of every account command, so the audit page shows the action was taken at the machine.
+COMMAND_LINE_DETAIL = "command line"
 
 
 def build_parser(
@@ -120,7 +125,7 @@ def build_parser(
     ):
         command = commands.add_parser(name, parents=[common], help=role_help)
         command.add_argument(
-            "--username", "--user", dest="username", required=True,
+            "--username", "--user", dest="username", required=True, action=UserNameAction,
             help="user name: lower-case letters, digits, '.', '_', '-'",
         )
         if name == "create-user":
@@ -131,7 +136,9 @@ def build_parser(
         "set-password", parents=[common],
         help="replace a user's password, sign the user out everywhere and clear the user's sign-in lock-out",
     )
-    set_password.add_argument("--user", "--username", dest="user", required=True, help="user name of the account")
+    set_password.add_argument(
+        "--user", "--username", dest="user", required=True, action=UserNameAction, help="user name of the account"
+    )
     _add_password_source(set_password)
 
     unlock = commands.add_parser(
@@ -139,8 +146,13 @@ def build_parser(
         help="end sign-in lock-outs by deleting recorded failed sign-ins",
     )
     target = unlock.add_mutually_exclusive_group(required=True)
-    target.add_argument("--user", "--username", dest="user", help="delete the failed sign-ins of this user name")
-    target.add_argument("--address", help="delete the failed sign-ins from this client address")
+    target.add_argument(
+        "--user", "--username", dest="user", action=UserNameAction, help="delete the failed sign-ins of this user name"
+    )
+    target.add_argument(
+        "--address",
+        help="delete the failed sign-ins from this client address (IPv4 or IPv6, as the audit log shows it)",
+    )
     target.add_argument("--all", action="store_true", help="delete every failed sign-in: ends all lock-outs")
     return parser
 
@@ -153,13 +165,21 @@ def _add_password_source(command: argparse.ArgumentParser) -> None:
 
 
 def settings_from_arguments(arguments: argparse.Namespace) -> WebSettings:
-    """Build validated settings from the parsed options; account commands use the defaults for the rest."""
+    """Build validated settings from the parsed options; account commands use the defaults for the rest.
+
+    Raises
+    ------
+    ConfigError
+        If an option is invalid; the message names the option and the value given.
+    """
+    check_instance_dir(arguments.instance_dir)
     if arguments.command != "serve":
         return WebSettings(instance_dir=arguments.instance_dir, database_url=arguments.database_url)
+    check_serve_options(arguments)
     return WebSettings(
         instance_dir=arguments.instance_dir,
         database_url=arguments.database_url,
-        host=arguments.host,
+        host=listen_host_option(arguments.host),
         port=arguments.port,
         max_upload_bytes=int(arguments.max_upload_mb * MEBIBYTE),
         max_uncompressed_bytes=int(arguments.max_uncompressed_mb * MEBIBYTE),
@@ -226,7 +246,12 @@ def set_account_password(settings: WebSettings, username: str, password: str) ->
     store, audit = _open_accounts(settings)
     ended = store.set_password(username, password)
     name = normalize_username(username)
-    audit.record("password-set", username=name, detail=f"set-password command; ended {ended} session(s)")
+    # The User column names who acted, as for an administrator's actions on the
+    # web pages. The command line has no signed-in user, so the column stays
+    # empty and the detail names where the action came from and its target.
+    audit.record(
+        "password-set", detail=f"{COMMAND_LINE_DETAIL}: set a new password for {name}; ended {ended} session(s)"
+    )
     return f"set a new password for {name!r}; ended {ended} session(s) and cleared the sign-in lock-out"
 
 
@@ -235,10 +260,20 @@ def unlock_sign_in(settings: WebSettings, username: str | None, address: str | N
 
     Raises
     ------
+    ConfigError
+        If ``address`` is not an IPv4 or IPv6 address.
     AccountError
         If ``username`` is given but no such user exists, which is most
         likely a typing error.
     """
+    if address is not None:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError as error:
+            raise ConfigError(
+                f"invalid --address {address!r}: give the client's IPv4 or IPv6 address as the audit log shows it, "
+                "such as 10.0.0.5 or 2001:db8::5"
+            ) from error
     store, audit = _open_accounts(settings)
     if username is not None and not store.user_exists(username):
         raise AccountError(f"user {normalize_username(username)!r} does not exist")
@@ -249,8 +284,12 @@ def unlock_sign_in(settings: WebSettings, username: str | None, address: str | N
         scope = f"address {address}"
     else:
         scope = "all users and addresses"
-    audit.record("sign-in-unlocked", username=normalize_username(username or ""), remote_addr=address or "",
-                 detail=f"unlock command for {scope}; deleted {deleted} failed sign-in(s)")
+    # Recorded like set-password, with no acting user. The unlocked user or address goes
+    # in the detail, because the Address column is where a request came from.
+    audit.record(
+        "sign-in-unlocked",
+        detail=f"{COMMAND_LINE_DETAIL}: unlocked sign-in for {scope}; deleted {deleted} failed sign-in(s)",
+    )
     return f"unlocked sign-in for {scope}: deleted {deleted} failed sign-in(s)"
 
 
@@ -258,28 +297,33 @@ def serve(app: Flask, settings: WebSettings, name: str) -> None:
     """Serve ``app`` with waitress until SIGINT or SIGTERM.
 
     Prints ``<name>: serving on http://HOST:PORT`` once the socket listens,
-    with the port the system chose when ``settings.port`` is 0.
+    with the port the system chose when ``settings.port`` is 0 and an IPv6
+    host in brackets.
     """
-    if not _is_loopback(settings.host):
-        logger.warning(
-            "serve: listening on %s, which other machines can reach; put a TLS proxy in front and pass "
-            "--secure-cookies",
-            settings.host,
-        )
     with listen_errors(settings.host, settings.port):
         server = create_wsgi_server(app, settings)
     port = getattr(server, "effective_port", settings.port)
+    # Warn only after the bind succeeded, so an unusable address gets its error
+    # alone. The warning names the bound addresses, which a host name does not show.
+    reachable = [host for host, _ in listening_addresses(server) if not is_loopback(host)]
+    if reachable:
+        logger.warning(
+            "serve: listening on %s, which other machines can reach; put a TLS proxy in front and pass "
+            "--secure-cookies",
+            ", ".join(reachable),
+        )
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
         logger.info("serve: stopping %s", name)
-        server.close()
         raise SystemExit(0)
 
     # Waitress's run() catches KeyboardInterrupt and SystemExit and returns
     # without a word, so both signals get this handler, which logs first.
+    # The server is closed only after run() has waited for the worker threads,
+    # because a thread that finishes a response writes to the trigger pipe that close() closes.
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    print(f"{name}: serving on http://{settings.host}:{port}", flush=True)
+    print(f"{name}: serving on http://{url_host(settings.host)}:{port}", flush=True)
     try:
         server.run()
     finally:
@@ -289,15 +333,6 @@ def serve(app: Flask, settings: WebSettings, name: str) -> None:
 def _user_exists(settings: WebSettings, username: str) -> bool:
     store, _ = _open_accounts(settings)
     return store.user_exists(username)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def main(

@@ -53,11 +53,24 @@ def create_wsgi_server(app: Flask, settings: WebSettings) -> Any:
     # create_server picks the server classes itself, so the channel class is
     # set on each listening server: one, or one per socket when the host name
     # resolves to several addresses.
-    listeners = [server] if isinstance(server, BaseWSGIServer) else list((server.map or {}).values())
-    for listener in listeners:
-        if isinstance(listener, BaseWSGIServer):
-            listener.channel_class = AppErrorChannel
+    for listener in _listeners(server):
+        listener.channel_class = AppErrorChannel
     return server
+
+
+def listening_addresses(server: Any) -> list[tuple[str, str]]:
+    """Return the ``(address, port)`` pairs on which a server of :func:`create_wsgi_server` listens.
+
+    The addresses are numeric, also when the host was a name.
+    """
+    return [(str(listener.effective_host), str(listener.effective_port)) for listener in _listeners(server)]
+
+
+def _listeners(server: Any) -> list[Any]:
+    # A MultiSocketServer keeps its listening servers in its socket map, beside other dispatchers.
+    # Typed Any, because waitress sets effective_host and effective_port without declaring them.
+    candidates = [server] if isinstance(server, BaseWSGIServer) else list((server.map or {}).values())
+    return [candidate for candidate in candidates if isinstance(candidate, BaseWSGIServer)]
 
 
 class AppErrorTask(ErrorTask):
