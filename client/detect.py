@@ -1039,6 +1039,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"{' and '.join(follow_only)} only {verb} with --follow")
     args.idle_timeout = 0.0 if args.idle_timeout is None else args.idle_timeout
     args.poll_seconds = 0.5 if args.poll_seconds is None else args.poll_seconds
+    # A zero poll interval would spin a core, and a negative or NaN idle timeout would never expire.
+    if not (math.isfinite(args.poll_seconds) and args.poll_seconds > 0):
+        parser.error(f"--poll-seconds must be a finite number above 0, got {args.poll_seconds}")
+    if not (math.isfinite(args.idle_timeout) and args.idle_timeout >= 0):
+        parser.error(f"--idle-timeout must be 0 (no limit) or a finite number of seconds, got {args.idle_timeout}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     # --follow replaces these handlers with ones that finish the summary first.
     _Interrupt.signum = None
@@ -1048,13 +1053,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         for option, value in (("--batch-size", args.batch_size), ("--threads", args.threads)):
             if value is not None and value < 1:
                 raise DataValidationError(f"{option} must be at least 1, got {value}")
-        # A zero poll interval would spin a core, and a negative or NaN idle timeout would never expire.
-        if not (math.isfinite(args.poll_seconds) and args.poll_seconds > 0):
-            raise DataValidationError(f"--poll-seconds must be a finite number above 0, got {args.poll_seconds}")
-        if not (math.isfinite(args.idle_timeout) and args.idle_timeout >= 0):
-            raise DataValidationError(
-                f"--idle-timeout must be 0 (no limit) or a finite number of seconds, got {args.idle_timeout}"
-            )
         for option, target in (("--out", args.out), ("--summary", args.summary)):
             if target is not None and not target.resolve().parent.is_dir():
                 raise DataValidationError(f"{option} {target}: folder {target.parent} not found; create it first")

@@ -800,7 +800,7 @@ def test_detect_frame_counts_mostly_missing_rows(bundle_w1: Bundle, caplog: pyte
     [
         (["--follow", "--poll-seconds", "0"], "--poll-seconds must be a finite number above 0"),
         (["--follow", "--poll-seconds", "nan"], "--poll-seconds must be a finite number above 0"),
-        (["--follow", "--idle-timeout", "-5"], "--idle-timeout must be 0"),
+        (["--follow", "--idle-timeout", "-1"], "--idle-timeout must be 0 (no limit) or a finite number of seconds"),
         (
             ["--follow", "--idle-timeout", "nan"],
             "--idle-timeout must be 0 (no limit) or a finite number of seconds, got nan",
@@ -809,18 +809,31 @@ def test_detect_frame_counts_mostly_missing_rows(bundle_w1: Bundle, caplog: pyte
             ["--follow", "--idle-timeout", "inf"],
             "--idle-timeout must be 0 (no limit) or a finite number of seconds, got inf",
         ),
-        (["--threads", "0"], "--threads must be at least 1"),
     ],
 )
-def test_detect_main_rejects_bad_numbers(
+def test_detect_main_rejects_follow_numbers_as_arguments(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
 ) -> None:
+    # The bundle path does not exist, so an error about it would show that the bundle was loaded first.
     arguments = ["--model", str(tmp_path / "none"), "--input", str(tmp_path / "in.csv")]
-    arguments += ["--out", str(tmp_path / "o.csv")]
+    arguments += ["--out", str(tmp_path / "o.csv"), *extra]
 
-    assert detect_main([*arguments, *extra]) == 1
+    with pytest.raises(SystemExit) as stopped:
+        detect_main(arguments)
 
-    assert message in capsys.readouterr().err
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert f"python -m client.detect: error: {message}" in error
+    assert "bundle" not in error
+
+
+def test_detect_main_rejects_bad_thread_count(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    arguments = ["--model", str(tmp_path / "none"), "--input", str(tmp_path / "in.csv")]
+    arguments += ["--out", str(tmp_path / "o.csv"), "--threads", "0"]
+
+    assert detect_main(arguments) == 1
+
+    assert "--threads must be at least 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
