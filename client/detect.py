@@ -11,7 +11,8 @@ checksums are verified before anything is loaded.
 
 How flows are scored:
 
-- the input is read and cleaned by the same loader as training
+- the input is read one flow per line (``client.flow_lines``, with the
+  training loader's parser) and cleaned by the same loader as training
   (``common.loading``) with the bundle's own dataset rules, and transformed
   by the bundle's own preprocessing (agreed minimum and maximum,
   vocabularies). Two rules differ from training so that every flow gets a
@@ -24,6 +25,9 @@ How flows are scored:
   1)``, and the summary lists them as ``unscored_rows``. Padding them with
   copies of the first flow would feed the model windows it never saw in
   training;
+- a malformed line (more fields than the header, an unclosed quote, a
+  repeated header) is scored as a row of empty values, so the rows after it
+  keep their numbers, and a WARNING counts such lines;
 - an *episode* is a maximal run of consecutive scored flows predicted as
   an attack, reported with its first and last data row (0-based, header
   excluded), its flow count, its most frequent attack class and its peak
@@ -36,7 +40,6 @@ encoding of the attack flags); Python loops run only per batch and per episode.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import logging
@@ -54,19 +57,12 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from client.flow_lines import DEFAULT_CHUNK_BYTES, FlowLineReader, read_flow_chunks
 from common.bundle import PUBLIC_KEY_ENV, Bundle, load_bundle, load_public_key
 from common.config import DatasetConfig
 from common.exceptions import DataFileNotFoundError, DataValidationError, FedIDSError, ModelMismatchError
 from common.inference import RUNTIMES, Predictor, make_predictor
-from common.loading import (
-    DEFAULT_CHUNK_BYTES,
-    clean_flows,
-    delimiter_hint,
-    iter_flow_csv,
-    map_labels,
-    parse_flow_text,
-    read_flow_csv,
-)
+from common.loading import clean_flows, delimiter_hint, map_labels
 
 logger = logging.getLogger(__name__)
 
@@ -555,7 +551,12 @@ def detect_file(
     runtime: str = "auto",
     predictor: Predictor | None = None,
 ) -> DetectionResult:
-    """Read a plain or gzip flow CSV and score it with :func:`detect_frame`.
+    """Score a plain or gzip flow CSV chunk by chunk and return the predictions of all its flows.
+
+    The file is read as :func:`detect_to_csv` reads it, so the predictions
+    are equal. A malformed line is scored as a row of empty values with a
+    WARNING (see :mod:`client.flow_lines`). Only the predictions of earlier
+    chunks are kept, not their rows.
 
     Raises
     ------
@@ -564,12 +565,10 @@ def detect_file(
     """
     started = time.perf_counter()
     _require_input(path)
-    frame = read_flow_csv(path)
-    result = detect_frame(
-        bundle, frame, source=str(path), batch_size=batch_size, runtime=runtime, predictor=predictor
-    )
-    result.seconds = time.perf_counter() - started
-    return result
+    detector = FlowDetector(bundle, _predictor_for(bundle, predictor, runtime, batch_size))
+    parts = [detector.process(frame, str(path)) for frame in read_flow_chunks(path)]
+    detector.finish()
+    return _result(detector, pd.concat(parts, ignore_index=True), str(path), time.perf_counter() - started)
 
 
 def detect_to_csv(
@@ -591,9 +590,10 @@ def detect_to_csv(
     Memory stays bounded by the chunk size whatever the size of the capture,
     because neither the rows nor the predictions of earlier chunks are kept.
     Windows and alert episodes continue across chunks, so the predictions
-    equal those of :func:`detect_file`. ``out`` is written under a temporary
-    name and renamed when the whole file has been scored, so a failure
-    leaves no partial predictions file.
+    equal those of :func:`detect_file`. A malformed line is scored as a row
+    of empty values with a WARNING (see :mod:`client.flow_lines`). ``out`` is
+    written under a temporary name and renamed when the whole file has been
+    scored, so a failure leaves no partial predictions file.
 
     Returns
     -------
@@ -614,7 +614,7 @@ def detect_to_csv(
     detector = FlowDetector(bundle, _predictor_for(bundle, predictor, runtime, batch_size))
     written_header = False
     try:
-        for frame in iter_flow_csv(path, chunk_bytes=chunk_bytes):
+        for frame in read_flow_chunks(path, chunk_bytes=chunk_bytes):
             predictions = detector.process(frame, str(path))
             _write_prediction_rows(predictions, partial, header=not written_header, mode="a" if written_header else "w")
             written_header = True
@@ -703,9 +703,10 @@ def follow_chunks(
 
     A line is processed only when its newline has been written, so a row the
     exporter is still writing is never split. A malformed line (more fields
-    than the header, an unbalanced quote, a repeated header) does not stop
-    the generator: it becomes a row of empty values, which keeps the row
-    numbers in step with the file, and a WARNING names it. When the file is
+    than the header, an unclosed quote, a repeated header) does not stop the
+    generator. As in one-off detection, :class:`client.flow_lines.FlowLineReader`
+    makes it a row of empty values, which keeps the row numbers in step with
+    the file, and a WARNING names it. When the file is
     replaced (rotated by renaming), the new file is read from its start; its
     header must equal the first file's, and its rows are numbered on from the
     last row of the file before. The generator ends after
@@ -723,12 +724,12 @@ def follow_chunks(
         or the file is still missing after ``idle_timeout`` seconds.
     DataValidationError
         If the path is a folder, or the file is gzip-compressed, shrinks
-        (truncated in place), or is replaced by a file with another header.
+        (truncated in place), is replaced by a file with another header, or
+        has a line longer than :data:`client.flow_lines.MAX_LINE_BYTES`.
     """
     if not _wait_for_file(path, poll_seconds=poll_seconds, idle_timeout=idle_timeout):
         return
-    header = b""
-    rows_before = 0
+    reader = FlowLineReader(path, step="follow")
     last_data = time.monotonic()
     missing_since: float | None = None
     missing_warnings = 0
@@ -738,33 +739,16 @@ def follow_chunks(
                 raise DataValidationError(f"{path}: --follow reads plain CSV only; this file is gzip-compressed")
             stream.seek(0)
             identity = os.fstat(stream.fileno()).st_ino
-            file_header = b""
-            pending = b""
+            reader.start_file()
             position = 0
             replaced = False
             while not _Stop.requested:
                 chunk = stream.read(max_chunk_bytes)
                 if chunk:
                     position += len(chunk)
-                    pending += chunk
-                    cut = pending.rfind(b"\n")
-                    if cut < 0:
-                        continue
-                    complete, pending = pending[: cut + 1], pending[cut + 1 :]
-                    if not file_header:
-                        file_header, _, complete = complete.partition(b"\n")
-                        file_header = file_header.lstrip(b"\xef\xbb\xbf").rstrip(b"\r") + b"\n"
-                        if not header:
-                            header = file_header
-                        elif file_header != header:
-                            raise DataValidationError(
-                                f"{path} was replaced by a file with another header; restart detection "
-                                "if the exporter's columns changed"
-                            )
-                    if complete.strip():
+                    frame = reader.feed(chunk)
+                    if frame is not None:
                         last_data = time.monotonic()
-                        frame = _parse_lines(header, complete, path, rows_before)
-                        rows_before += len(frame)
                         yield frame
                     continue
                 current = _stat_or_none(path)
@@ -790,7 +774,7 @@ def follow_chunks(
                     logger.info(
                         "follow: %s was replaced (rotated); reading the new file from its start, as row %d on",
                         path,
-                        rows_before,
+                        reader.rows_read,
                     )
                     replaced = True
                     break
@@ -851,58 +835,6 @@ def _stat_or_none(path: Path) -> os.stat_result | None:
         return path.stat()
     except FileNotFoundError:
         return None
-
-
-def _parse_lines(header: bytes, lines: bytes, path: Path, rows_before: int = 0) -> pd.DataFrame:
-    """Parse complete CSV lines with every value as text, named by the stripped header.
-
-    Lines that do not parse into the header's fields, and repeated header
-    lines, become rows of empty values with a WARNING. Short lines are padded
-    with empty values, as :func:`common.loading.read_flow_csv` pads them.
-    """
-    names = [name.strip() for name in header.decode("utf-8", errors="replace").rstrip("\r\n").split(",")]
-    bad_rows: list[int] = []
-    try:
-        frame = parse_flow_text(header + lines, path, rows_before)
-    except DataValidationError:
-        frame = _parse_lines_one_by_one(lines, len(names), bad_rows)
-        frame.columns = pd.Index(names)
-    repeated_header = (frame.to_numpy(dtype=object) == np.array(names, dtype=object)).all(axis=1)
-    if repeated_header.any():
-        frame.loc[repeated_header, :] = ""
-        bad_rows.extend(int(position) for position in np.flatnonzero(repeated_header))
-    if bad_rows:
-        bad_rows.sort()
-        logger.warning(
-            "follow: %d malformed line(s) in %s (more fields than the header's %d, an unbalanced quote, text "
-            "that is not UTF-8 or a repeated header) are scored as empty rows, first at row %d; check the "
-            "flow exporter",
-            len(bad_rows),
-            path,
-            len(names),
-            rows_before + bad_rows[0],
-        )
-    return frame
-
-
-def _parse_lines_one_by_one(lines: bytes, n_fields: int, bad_rows: list[int]) -> pd.DataFrame:
-    """Parse each physical line alone, appending the positions of lines that do not parse to ``bad_rows``."""
-    rows: list[list[str]] = []
-    for raw_line in lines.split(b"\n"):
-        line = raw_line.rstrip(b"\r")
-        if not line.strip():
-            continue  # blank lines are not rows, as in a whole file
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError:
-            text = None
-        fields = next(csv.reader([text])) if text is not None and text.count('"') % 2 == 0 else None
-        if fields is None or len(fields) > n_fields:
-            bad_rows.append(len(rows))
-            rows.append([""] * n_fields)
-        else:
-            rows.append(fields + [""] * (n_fields - len(fields)))
-    return pd.DataFrame(rows, dtype=object)
 
 
 def follow_file(
@@ -1039,6 +971,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"{' and '.join(follow_only)} only {verb} with --follow")
     args.idle_timeout = 0.0 if args.idle_timeout is None else args.idle_timeout
     args.poll_seconds = 0.5 if args.poll_seconds is None else args.poll_seconds
+    # A zero poll interval would spin a core, and a negative or NaN idle timeout would never expire.
+    if not (math.isfinite(args.poll_seconds) and args.poll_seconds > 0):
+        parser.error(f"--poll-seconds must be a finite number above 0, got {args.poll_seconds}")
+    if not (math.isfinite(args.idle_timeout) and args.idle_timeout >= 0):
+        parser.error(f"--idle-timeout must be 0 (no limit) or a finite number of seconds, got {args.idle_timeout}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     # --follow replaces these handlers with ones that finish the summary first.
     _Interrupt.signum = None
@@ -1048,13 +985,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         for option, value in (("--batch-size", args.batch_size), ("--threads", args.threads)):
             if value is not None and value < 1:
                 raise DataValidationError(f"{option} must be at least 1, got {value}")
-        # A zero poll interval would spin a core, and a negative or NaN idle timeout would never expire.
-        if not (math.isfinite(args.poll_seconds) and args.poll_seconds > 0):
-            raise DataValidationError(f"--poll-seconds must be a finite number above 0, got {args.poll_seconds}")
-        if not (math.isfinite(args.idle_timeout) and args.idle_timeout >= 0):
-            raise DataValidationError(
-                f"--idle-timeout must be 0 (no limit) or a finite number of seconds, got {args.idle_timeout}"
-            )
         for option, target in (("--out", args.out), ("--summary", args.summary)):
             if target is not None and not target.resolve().parent.is_dir():
                 raise DataValidationError(f"{option} {target}: folder {target.parent} not found; create it first")

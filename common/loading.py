@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
-import gzip
 import io
 import logging
 import os
@@ -226,104 +225,6 @@ def read_flow_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
     frame = raw.iloc[1:].reset_index(drop=True)
     frame.columns = pd.Index(names)
     return frame
-
-
-#: Bytes of CSV text per chunk of :func:`iter_flow_csv` (an estimated 69,000 WUSTL-EHMS-2020 rows of 242 bytes).
-DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
-#: Maximum bytes of one record in :func:`iter_flow_csv`. Flow records are a few hundred bytes.
-MAX_RECORD_BYTES = 16 * 1024 * 1024
-
-
-def iter_flow_csv(path: str | os.PathLike[str], chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[pd.DataFrame]:
-    """Yield the data rows of a flow CSV in chunks, each parsed as :func:`read_flow_csv` parses a whole file.
-
-    The file is read in blocks of ``chunk_bytes``. Each chunk ends at the
-    last record boundary of its block, a newline outside double quotes. Only
-    one chunk of text is in memory at a time, so a capture of any size can be
-    scored. Rows keep their file order across chunks, every chunk has
-    a RangeIndex from 0, and short rows are padded and long rows rejected as
-    in a whole file.
-
-    Parameters
-    ----------
-    path : str or path-like
-        The CSV file, plain or gzip-compressed, as for :func:`read_flow_csv`.
-    chunk_bytes : int, default=16 MiB
-        Bytes of text read per chunk. A record longer than this makes its
-        chunk longer, up to :data:`MAX_RECORD_BYTES`.
-
-    Yields
-    ------
-    pandas.DataFrame, shape (n_chunk_rows, n_columns)
-        Object columns of ``str`` named by the stripped header.
-
-    Raises
-    ------
-    DataFileNotFoundError, EmptyDataError, DataValidationError
-        As :func:`read_flow_csv`, raised when the chunk with the problem is
-        read. Also DataValidationError for a record over :data:`MAX_RECORD_BYTES`.
-    """
-    if chunk_bytes < 1:
-        raise ValueError(f"chunk_bytes must be at least 1, got {chunk_bytes}")
-    path, compression = _checked_csv_path(path)
-    header = b""
-    pending = b""
-    rows_read = 0
-    with gzip.open(path, "rb") if compression else path.open("rb") as stream:
-        while True:
-            with _csv_errors(path):
-                block = stream.read(chunk_bytes)
-            pending += block
-            cut = _last_record_end(pending) if block else len(pending)
-            if cut == 0:
-                if not block:
-                    break
-                if len(pending) > MAX_RECORD_BYTES:
-                    raise DataValidationError(
-                        f"{path}: no line break in {len(pending)} bytes after data row {rows_read}, more than "
-                        f"the limit of {MAX_RECORD_BYTES} bytes for one record; this is not a flow CSV"
-                    )
-                continue
-            complete, pending = pending[:cut], pending[cut:]
-            if not header:
-                header_end = _first_record_end(complete)
-                header, complete = complete[:header_end], complete[header_end:]
-                if not header.endswith(b"\n"):
-                    header += b"\n"
-            if complete.strip():
-                chunk = parse_flow_text(header + complete, path, rows_read)
-                rows_read += len(chunk)
-                if len(chunk):
-                    yield chunk
-            if not block:
-                break
-    if not header:
-        raise EmptyDataError(f"{path} is empty: it has no header row")
-    if rows_read == 0:
-        raise EmptyDataError(f"{path} has a header but no data rows")
-
-
-def _last_record_end(data: bytes) -> int:
-    """Return the position after the last newline of ``data`` that lies outside double quotes, or 0."""
-    cut = data.rfind(b"\n")
-    # A newline is outside quotes when an even number of quote characters
-    # precedes it (an escaped quote "" counts twice, so it keeps the parity).
-    quotes = data.count(b'"', 0, cut) if cut >= 0 else 0
-    while cut >= 0 and quotes % 2:
-        previous = data.rfind(b"\n", 0, cut)
-        quotes -= data.count(b'"', previous + 1, cut)
-        cut = previous
-    return cut + 1
-
-
-def _first_record_end(data: bytes) -> int:
-    """Return the position after the first newline of ``data`` outside double quotes, or ``len(data)``."""
-    start = 0
-    while (newline := data.find(b"\n", start)) >= 0:
-        if data.count(b'"', 0, newline) % 2 == 0:
-            return newline + 1
-        start = newline + 1
-    return len(data)
 
 
 def parse_flow_text(text: bytes, path: Path, rows_before: int = 0) -> pd.DataFrame:

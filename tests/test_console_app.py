@@ -672,7 +672,6 @@ HOSTILE_FILES = {
     "empty": (b"", "is empty: it has no header row"),
     "header-only": (b"Dir,Flgs,Label\n", "has a header but no data rows"),
     "wrong-columns": (b"x,y,z\n1,2,3\n", "missing 3 column(s) that model toy-console/round-001 needs"),
-    "ragged": (b"a,b\n1,2,3,4\n", "is not a valid CSV file"),
     "corrupt-gzip": (b"\x1f\x8b\x08\x00garbage-that-is-not-deflate", "cannot be decompressed"),
     "gzip-bomb": (gzip.compress(b"0" * (3 * MEBIBYTE)), "decompresses to more than 2 MiB"),
 }
@@ -692,6 +691,30 @@ def test_upload_hostile_file_gets_error_page(app: Flask, admin: FlaskClient, kin
     # The page names the file as uploaded, never its path on the server.
     assert str(web_state(app).settings.instance_dir) not in html
     assert _audit_actions(app)[0] in ("analysis-failed", "upload-rejected")
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gzip"])
+def test_upload_scores_malformed_lines(app: Flask, admin: FlaskClient, tmp_path: Path, compressed: bool) -> None:
+    lines = _traffic(tmp_path).split(b"\n")
+    lines[1 + 3] += b",extra"  # more fields than the header
+    lines[1 + 40] = lines[1 + 40].replace(b",", b',"', 1)  # a quote that the line never closes
+    lines.insert(1 + 50, lines[0])  # the header again, as where two exporter files were joined
+    content = b"\n".join(lines)
+
+    response = _upload(admin, gzip.compress(content) if compressed else content)
+
+    assert response.status_code == 303
+    assert _audit_actions(app)[:2] == ["analysis", "upload"]
+    location = response.headers["Location"]
+    html = admin.get(location).get_data(as_text=True)
+    predictions = pd.read_csv(io.BytesIO(admin.get(f"{location}/predictions.csv").data), keep_default_na=False)
+    # One more row than the labels: the repeated header is scored too, so later rows keep the file's numbering.
+    assert predictions["row"].tolist() == list(range(len(LABELS) + 1))
+    assert predictions.loc[predictions["label"] == "", "row"].tolist() == [3, 40, 50]
+    assert predictions.loc[predictions["predicted"] == "attack", "row"].tolist() == [10, 11, 12, 13, 14, 25, 26, 27]
+    assert [(int(row[1]), int(row[2]), int(row[3])) for row in table_rows(html, "episodes")] == EXPECTED_EPISODES
+    assert table_rows(html, "class-counts") == [["normal", "53", "86.9%"], ["attack", "8", "13.1%"]]
+    assert "3 flow(s) have more than half of their numeric features empty, infinite or not numbers" in html
 
 
 def test_upload_unknown_label_blanks_its_row(admin: FlaskClient, tmp_path: Path) -> None:

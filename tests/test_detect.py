@@ -7,6 +7,7 @@ import gzip
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import stat
@@ -32,8 +33,9 @@ from client.detect import (
     follow_file,
 )
 from client.detect import main as detect_main
+from client.flow_lines import DEFAULT_CHUNK_BYTES, read_flow_chunks
 from common.bundle import Bundle, load_bundle, save_model
-from common.exceptions import DataFileNotFoundError, DataValidationError, ModelMismatchError
+from common.exceptions import DataFileNotFoundError, DataValidationError, EmptyDataError, ModelMismatchError
 from common.inference import KerasPredictor, OnnxPredictor, make_predictor
 from common.loading import clean_flows, read_flow_csv
 from common.model import build_cnn_lstm
@@ -269,6 +271,95 @@ def test_detect_file_missing_file(bundle_w1: Bundle, tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------
+# One-off detection of files with malformed lines
+# ---------------------------------------------------------------------------
+
+MALFORMED_WARNING = re.compile(r"detect: (\d+) malformed line\(s\) in .* first at row (\d+); check the flow exporter")
+
+
+def _malformed_warnings(caplog: pytest.LogCaptureFixture) -> list[tuple[int, int]]:
+    """Return (count, first row) of every malformed-line WARNING."""
+    found = [MALFORMED_WARNING.search(record.getMessage()) for record in caplog.records]
+    return [(int(match.group(1)), int(match.group(2))) for match in found if match is not None]
+
+
+def _corrupt(text: bytes, *, extra_field: int, unclosed_quote: int, header_before: int) -> bytes:
+    """Give one data row an extra field and another an unclosed quote, and repeat the header before a third."""
+    lines = text.split(b"\n")
+    lines[1 + extra_field] = lines[1 + extra_field].rstrip(b"\r") + b",extra"
+    lines[1 + unclosed_quote] = lines[1 + unclosed_quote].replace(b",", b',"', 1)
+    lines.insert(1 + header_before, lines[0])
+    return b"\n".join(lines)
+
+
+def _clean_row(row: int, header_before: int) -> int:
+    """Map a row of the corrupted file to the clean file's row, which has no repeated header at ``header_before``."""
+    return row - 1 if row > header_before else row
+
+
+@pytest.mark.parametrize("chunk_bytes", [DEFAULT_CHUNK_BYTES, 100], ids=["one-chunk", "many-chunks"])
+@pytest.mark.parametrize("compression", ["plain", "gzip"])
+def test_detect_to_csv_scores_malformed_lines(
+    bundle_w3: Bundle, tmp_path: Path, caplog: pytest.LogCaptureFixture, compression: str, chunk_bytes: int
+) -> None:
+    values = [9 if position % 5 in (1, 2) else 1 for position in range(30)]
+    clean_text = toy_frame(values, labels=["1" if value == 9 else "0" for value in values]).to_csv(index=False)
+    clean_path = tmp_path / "clean.csv"
+    clean_path.write_text(clean_text)
+    corrupted = _corrupt(clean_text.encode(), extra_field=8, unclosed_quote=16, header_before=24)
+    traffic = tmp_path / ("traffic.csv.gz" if compression == "gzip" else "traffic.csv")
+    traffic.write_bytes(gzip.compress(corrupted) if compression == "gzip" else corrupted)
+    out = tmp_path / "predictions.csv"
+    clean = detect_file(bundle_w3, clean_path, predictor=LastFlowPredictor()).predictions.set_index("row")
+
+    with caplog.at_level(logging.WARNING):
+        result = detect_to_csv(bundle_w3, traffic, out, chunk_bytes=chunk_bytes, predictor=LastFlowPredictor())
+
+    written = pd.read_csv(out, dtype={"predicted": str, "label": str}, keep_default_na=False).set_index("row")
+    bad_rows = [8, 16, 24]
+    assert (result.rows_read, result.rows_scored) == (31, 29)
+    assert written.index.tolist() == list(range(2, 31))
+    expected_warnings = [(3, 8)] if chunk_bytes == DEFAULT_CHUNK_BYTES else [(1, 8), (1, 16), (1, 24)]
+    assert _malformed_warnings(caplog) == expected_warnings
+    # A malformed line is scored on the federation's imputed values (a = 5), with no label.
+    assert written.loc[bad_rows, "label"].tolist() == ["", "", ""]
+    np.testing.assert_allclose(written.loc[bad_rows, "attack_probability"], [0.5, 0.5, 0.5], atol=1e-6)
+    untouched = [row for row in written.index if not {row - 2, row - 1, row} & set(bad_rows)]
+    assert len(untouched) == 29 - 3 * 3
+    for row in untouched:
+        expected = clean.loc[_clean_row(row, 24)]
+        assert written.loc[row, "predicted"] == expected["predicted"], row
+        assert written.loc[row, "label"] == expected["label"], row
+        assert written.loc[row, "attack_probability"] == pytest.approx(expected["attack_probability"], abs=1e-6)
+    # detect_file, behind the console's upload page, reads the file the same way.
+    whole = detect_file(bundle_w3, traffic, predictor=LastFlowPredictor())
+    assert whole.predictions["row"].tolist() == written.index.tolist()
+    assert whole.predictions["predicted"].tolist() == written["predicted"].tolist()
+    assert whole.episodes == result.episodes
+
+
+def test_detect_to_csv_unclosed_quote_names_its_row(
+    bundle_w1: Bundle, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    values = [9 if position % 7 == 0 else 1 for position in range(250)]
+    lines = toy_frame(values).to_csv(index=False).splitlines()
+    lines[1 + 199] = '10.0.0.199,"9,1,x'  # data row 199 opens a quote that no later line closes
+    traffic = tmp_path / "traffic.csv"
+    traffic.write_text("\n".join(lines) + "\n")
+
+    with caplog.at_level(logging.WARNING):
+        result = detect_to_csv(bundle_w1, traffic, tmp_path / "predictions.csv", predictor=LastFlowPredictor())
+
+    written = pd.read_csv(tmp_path / "predictions.csv")
+    assert (result.rows_read, result.rows_scored) == (250, 250)
+    assert written["row"].tolist() == list(range(250))
+    assert _malformed_warnings(caplog) == [(1, 199)]
+    assert written["predicted"].tolist() == [
+        "attack" if value == 9 and row != 199 else "normal" for row, value in enumerate(values)
+    ]
+
+
+# ---------------------------------------------------------------------------
 # The command, with a real ONNX bundle
 # ---------------------------------------------------------------------------
 
@@ -313,6 +404,30 @@ def test_detect_command_writes_predictions(onnx_bundle: tuple[Path, Path], tmp_p
     assert summary["signature_verified"] is True
     assert summary["runtime"] == "onnx"
     assert sum(summary["class_counts"].values()) == 3
+
+
+def test_detect_command_scores_malformed_lines(onnx_bundle: tuple[Path, Path], tmp_path: Path) -> None:
+    bundle_path, public_key = onnx_bundle
+    lines = toy_frame([1, 9, 9, 1, 9, 1], labels=["0", "1", "1", "0", "1", "0"]).to_csv(index=False).splitlines()
+    lines[1 + 2] += ",extra"
+    lines[1 + 4] = lines[1 + 4].replace(",", ',"', 1)
+    (tmp_path / "flows.csv").write_text("\n".join(lines) + "\n")
+
+    completed = subprocess.run(
+        _detect_command(
+            "--model", str(bundle_path), "--public-key", str(public_key), "--input", str(tmp_path / "flows.csv"),
+            "--out", str(tmp_path / "predictions.csv"),
+        ),
+        cwd=ROOT, env=_environment(), capture_output=True, text=True, timeout=300, check=False,
+    )
+
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.startswith("detect: scored 5 of 6 flows")
+    assert "WARNING client.flow_lines: detect: 2 malformed line(s) in" in completed.stderr
+    assert "first at row 2; check the flow exporter" in completed.stderr
+    predictions = pd.read_csv(tmp_path / "predictions.csv", keep_default_na=False)
+    assert predictions["row"].tolist() == [1, 2, 3, 4, 5]
+    assert predictions["label"].tolist() == ["attack", "", "normal", "", "normal"]
 
 
 def test_detect_command_missing_columns_one_line(onnx_bundle: tuple[Path, Path], tmp_path: Path) -> None:
@@ -604,17 +719,151 @@ def test_detect_to_csv_matches_whole_file(wustl_bundle: tuple[Bundle, Path], tmp
     assert not (tmp_path / "predictions.csv.partial").exists()
 
 
-def test_detect_to_csv_bad_row_leaves_no_file(bundle_w1: Bundle, tmp_path: Path) -> None:
+def test_detect_to_csv_real_malformed_lines(
+    wustl_bundle: tuple[Bundle, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bundle, held_out = wustl_bundle
+    predictor = make_predictor(bundle, "onnx")
+    clean = detect_file(bundle, held_out, predictor=predictor).predictions.set_index("row")
+    # About 200 rows per chunk, so every malformed line falls in its own chunk and windows cross chunks.
+    corrupted = _corrupt(held_out.read_bytes(), extra_field=1000, unclosed_quote=199, header_before=2000)
+    plain, compressed = tmp_path / "traffic.csv", tmp_path / "traffic.csv.gz"
+    plain.write_bytes(corrupted)
+    compressed.write_bytes(gzip.compress(corrupted))
+
+    for traffic in (plain, compressed):
+        caplog.clear()
+        out = tmp_path / f"{traffic.name}.predictions.csv"
+        with caplog.at_level(logging.WARNING):
+            result = detect_to_csv(bundle, traffic, out, chunk_bytes=50_000, predictor=predictor)
+
+        written = pd.read_csv(out, dtype={"predicted": str, "label": str}, keep_default_na=False).set_index("row")
+        bad_rows = {199, 1000, 2000}
+        assert result.rows_read == len(clean) + 7 + 1
+        assert result.rows_scored == result.rows_read - 7
+        assert written.index.tolist() == list(range(7, result.rows_read))
+        assert _malformed_warnings(caplog) == [(1, 199), (1, 1000), (1, 2000)]
+        untouched = [row for row in written.index if not set(range(row - 7, row + 1)) & bad_rows]
+        assert len(untouched) == len(written) - 3 * 8
+        expected = clean.loc[[_clean_row(row, 2000) for row in untouched]]
+        assert written.loc[untouched, "predicted"].tolist() == expected["predicted"].tolist()
+        assert written.loc[untouched, "label"].tolist() == expected["label"].tolist()
+        np.testing.assert_allclose(
+            written.loc[untouched, "attack_probability"], expected["attack_probability"], atol=1e-6
+        )
+
+
+def test_detect_to_csv_failure_leaves_no_file(
+    bundle_w1: Bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("client.flow_lines.MAX_LINE_BYTES", 1000)
     traffic = tmp_path / "traffic.csv"
     good = toy_frame([1, 9, 2] * 50).to_csv(index=False)
-    traffic.write_text(good + "10.0.0.9,1,1,x,extra\n")
+    traffic.write_text(good + "9" * 5000)  # earlier chunks are scored and written before this line fails
     out = tmp_path / "predictions.csv"
 
-    with pytest.raises(DataValidationError, match=r"traffic\.csv is not a valid CSV file"):
+    with pytest.raises(DataValidationError, match=r"traffic\.csv: no line break in \d+ bytes after data row 150"):
         detect_to_csv(bundle_w1, traffic, out, chunk_bytes=256, predictor=LastFlowPredictor())
 
     assert not out.exists()
     assert not (tmp_path / "predictions.csv.partial").exists()
+
+
+# ---------------------------------------------------------------------------
+# read_flow_chunks: the line reader of one-off detection
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 7, 1000])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"a,b,c\n1,2,3\n4,5,6\n7,8,9",  # no newline after the last row
+        b'\xef\xbb\xbfa, b ,c\r\n1,,3\r\n4,5\r\n\r\n"x,y",8,NA\r\n"q""",5,6\r\n   \r\n',
+    ],
+    ids=["plain", "bom-crlf-short-row-quoted-blank"],
+)
+def test_read_flow_chunks_match_whole_read(tmp_path: Path, content: bytes, chunk_bytes: int) -> None:
+    path = tmp_path / "flows.csv"
+    path.write_bytes(content)
+
+    chunks = list(read_flow_chunks(path, chunk_bytes=chunk_bytes))
+
+    assert all(list(chunk.index) == list(range(len(chunk))) for chunk in chunks)
+    pd.testing.assert_frame_equal(pd.concat(chunks, ignore_index=True), read_flow_csv(path))
+
+
+def test_read_flow_chunks_real_gzip_file(wustl_path: Path, tmp_path: Path) -> None:
+    compressed = tmp_path / "wustl.csv.gz"
+    compressed.write_bytes(gzip.compress(wustl_path.read_bytes()))
+
+    chunks = list(read_flow_chunks(compressed, chunk_bytes=1024 * 1024))
+
+    assert len(chunks) > 1
+    pd.testing.assert_frame_equal(pd.concat(chunks, ignore_index=True), read_flow_csv(wustl_path))
+
+
+def test_read_flow_chunks_one_row_per_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "flows.csv"
+    path.write_bytes(
+        b"a,b\n"
+        # A quoted value across two lines: the first line leaves its quote open, and in
+        # the second the quote follows the field's first character, so it is plain text.
+        b'1,"x\ny"\n'
+        b"2,3\r4\n"  # a carriage return alone would end a row for the parser
+        b'5,"6"\n'
+    )
+
+    with caplog.at_level(logging.WARNING):
+        rows = pd.concat(read_flow_chunks(path), ignore_index=True).to_dict("records")
+
+    empty = {"a": "", "b": ""}
+    assert rows == [empty, {"a": 'y"', "b": ""}, empty, {"a": "5", "b": "6"}]
+    assert _malformed_warnings(caplog) == [(2, 0)]
+
+
+@pytest.mark.parametrize(
+    ("content", "error", "message"),
+    [
+        (b"", EmptyDataError, "is empty: it has no header row"),
+        (b"\r\n\n", EmptyDataError, "is empty: it has no header row"),
+        (b"Bytes,Label\n", EmptyDataError, "has a header but no data rows"),
+        (b"Bytes,Label\n\n \r\n", EmptyDataError, "has a header but no data rows"),
+        (b"Bytes,Label, Label\n1,0,0\n", DataValidationError, "'Label' and ' Label'"),
+        (b"Bytes,\xffLabel\n1,0\n", DataValidationError, "is not UTF-8 text"),
+        (b"Bytes,Label\r1,0\r2,1\r", DataValidationError, "ends its lines with a carriage return only"),
+    ],
+    ids=["empty", "blank-lines", "header-only", "header-then-blank", "duplicate-header", "not-utf8-header", "cr-only"],
+)
+def test_read_flow_chunks_bad_file_rejected(
+    tmp_path: Path, content: bytes, error: type[Exception], message: str
+) -> None:
+    path = tmp_path / "flows.csv"
+    path.write_bytes(content)
+
+    with pytest.raises(error, match=re.escape(message)):
+        list(read_flow_chunks(path))
+
+
+def test_read_flow_chunks_endless_line_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("client.flow_lines.MAX_LINE_BYTES", 1000)
+    path = tmp_path / "flows.csv.gz"
+    path.write_bytes(gzip.compress(b"Bytes,Label\n1,0\n" + b"9" * 5000))
+
+    with pytest.raises(DataValidationError, match=r"no line break in \d+ bytes after data row 1"):
+        list(read_flow_chunks(path, chunk_bytes=100))
+
+
+def test_read_flow_chunks_bad_path_and_chunk_size(tmp_path: Path) -> None:
+    truncated = tmp_path / "flows.csv.gz"
+    truncated.write_bytes(gzip.compress(b"Bytes,Label\n1,0\n" * 100)[:-20])
+
+    with pytest.raises(DataValidationError, match=r"cannot read .*flows\.csv\.gz: Compressed file ended"):
+        list(read_flow_chunks(truncated))
+    with pytest.raises(DataValidationError, match="is a directory, not a CSV file"):
+        list(read_flow_chunks(tmp_path))
+    with pytest.raises(ValueError, match="chunk_bytes must be at least 1, got 0"):
+        list(read_flow_chunks(truncated, chunk_bytes=0))
 
 
 def test_follow_chunks_keeps_going_after_bad_lines(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -645,6 +894,21 @@ def test_follow_chunks_keeps_going_after_bad_lines(tmp_path: Path, caplog: pytes
         {"a": "7", "b": "8", "flag": "w"},
     ]
     assert "4 malformed line(s)" in caplog.text
+    assert "first at row 1" in caplog.text
+
+
+def test_follow_chunks_unclosed_quote_last_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    traffic = tmp_path / "live.csv"
+    traffic.write_bytes(b'a,b,flag\n1,2,x\n3,"4,y\n')  # the parser would keep "4,y\n" as a value
+
+    with caplog.at_level(logging.WARNING):
+        frames = list(follow_chunks(traffic, poll_seconds=0.01, idle_timeout=0.05))
+
+    rows = pd.concat(frames, ignore_index=True).to_dict("records")
+    assert rows == [{"a": "1", "b": "2", "flag": "x"}, {"a": "", "b": "", "flag": ""}]
+    assert "follow: 1 malformed line(s)" in caplog.text
     assert "first at row 1" in caplog.text
 
 
@@ -800,7 +1064,7 @@ def test_detect_frame_counts_mostly_missing_rows(bundle_w1: Bundle, caplog: pyte
     [
         (["--follow", "--poll-seconds", "0"], "--poll-seconds must be a finite number above 0"),
         (["--follow", "--poll-seconds", "nan"], "--poll-seconds must be a finite number above 0"),
-        (["--follow", "--idle-timeout", "-5"], "--idle-timeout must be 0"),
+        (["--follow", "--idle-timeout", "-1"], "--idle-timeout must be 0 (no limit) or a finite number of seconds"),
         (
             ["--follow", "--idle-timeout", "nan"],
             "--idle-timeout must be 0 (no limit) or a finite number of seconds, got nan",
@@ -809,18 +1073,31 @@ def test_detect_frame_counts_mostly_missing_rows(bundle_w1: Bundle, caplog: pyte
             ["--follow", "--idle-timeout", "inf"],
             "--idle-timeout must be 0 (no limit) or a finite number of seconds, got inf",
         ),
-        (["--threads", "0"], "--threads must be at least 1"),
     ],
 )
-def test_detect_main_rejects_bad_numbers(
+def test_detect_main_rejects_follow_numbers_as_arguments(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
 ) -> None:
+    # The bundle path does not exist, so an error about it would show that the bundle was loaded first.
     arguments = ["--model", str(tmp_path / "none"), "--input", str(tmp_path / "in.csv")]
-    arguments += ["--out", str(tmp_path / "o.csv")]
+    arguments += ["--out", str(tmp_path / "o.csv"), *extra]
 
-    assert detect_main([*arguments, *extra]) == 1
+    with pytest.raises(SystemExit) as stopped:
+        detect_main(arguments)
 
-    assert message in capsys.readouterr().err
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert f"python -m client.detect: error: {message}" in error
+    assert "bundle" not in error
+
+
+def test_detect_main_rejects_bad_thread_count(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    arguments = ["--model", str(tmp_path / "none"), "--input", str(tmp_path / "in.csv")]
+    arguments += ["--out", str(tmp_path / "o.csv"), "--threads", "0"]
+
+    assert detect_main(arguments) == 1
+
+    assert "--threads must be at least 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

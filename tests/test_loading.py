@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import logging
-import re
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from common.exceptions import (
     DataValidationError,
     EmptyDataError,
 )
-from common.loading import FlowTable, clean_flows, iter_flow_csv, load_flows, parse_flow_text, read_flow_csv
+from common.loading import FlowTable, clean_flows, load_flows, parse_flow_text, read_flow_csv
 
 HEADER = "SrcAddr,Packet_num,Bytes,Dur,Flgs,Attack,Label"
 
@@ -194,79 +193,6 @@ def test_read_matches_pandas_reader(tmp_path: Path, content: bytes) -> None:
 
 def test_read_real_file_matches_pandas_reader(wustl_path: Path) -> None:
     pd.testing.assert_frame_equal(read_flow_csv(wustl_path), _pandas_reference(wustl_path))
-
-
-@pytest.mark.parametrize("chunk_bytes", [1, 7, 1000])
-@pytest.mark.parametrize(
-    "content",
-    [
-        b"a,b,c\n1,2,3\n4,5,6\n7,8,9",  # no newline after the last row
-        b'\xef\xbb\xbfa, b ,c\r\n1,,3\r\n4,5\r\n\r\n"x\ny",8,NA\r\n"q""\n",5,6\r\n',
-    ],
-    ids=["plain", "bom-short-row-quoted"],
-)
-def test_iter_chunks_match_whole_read(tmp_path: Path, content: bytes, chunk_bytes: int) -> None:
-    path = tmp_path / "flows.csv"
-    path.write_bytes(content)
-
-    chunks = list(iter_flow_csv(path, chunk_bytes=chunk_bytes))
-
-    assert all(list(chunk.index) == list(range(len(chunk))) for chunk in chunks)
-    pd.testing.assert_frame_equal(pd.concat(chunks, ignore_index=True), read_flow_csv(path))
-
-
-def test_iter_chunks_real_gzip_file(wustl_path: Path, tmp_path: Path) -> None:
-    compressed = tmp_path / "wustl.csv.gz"
-    compressed.write_bytes(gzip.compress(wustl_path.read_bytes()))
-
-    chunks = list(iter_flow_csv(compressed, chunk_bytes=1024 * 1024))
-
-    assert len(chunks) > 1
-    pd.testing.assert_frame_equal(pd.concat(chunks, ignore_index=True), read_flow_csv(wustl_path))
-
-
-def test_iter_extra_field_in_later_chunk_rejected(tmp_path: Path) -> None:
-    path = write_csv(tmp_path, ["1,0", "2,1", "3,0,extra"], header="Bytes,Label")
-    chunks = iter_flow_csv(path, chunk_bytes=8)
-
-    assert len(next(chunks)) == 1
-    assert len(next(chunks)) == 1
-    position = r"line 2, saw 3 \(data row 2 of the file, counted from 0"
-    with pytest.raises(DataValidationError, match=r"flows\.csv is not a valid CSV file.*" + position):
-        next(chunks)
-
-
-@pytest.mark.parametrize(
-    ("content", "error", "message"),
-    [
-        ("", EmptyDataError, "is empty: it has no header row"),
-        ("Bytes,Label\n", EmptyDataError, "has a header but no data rows"),
-        ("Bytes,Label, Label\n1,0,0\n", DataValidationError, "'Label' and ' Label'"),
-    ],
-    ids=["empty", "header-only", "duplicate-header"],
-)
-def test_iter_bad_file_rejected(tmp_path: Path, content: str, error: type[Exception], message: str) -> None:
-    path = tmp_path / "flows.csv"
-    path.write_text(content)
-
-    with pytest.raises(error, match=re.escape(message)):
-        list(iter_flow_csv(path))
-
-
-def test_iter_endless_line_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("common.loading.MAX_RECORD_BYTES", 1000)
-    path = tmp_path / "flows.csv.gz"
-    path.write_bytes(gzip.compress(b"Bytes,Label\n1,0\n" + b"9" * 5000))
-
-    with pytest.raises(DataValidationError, match=r"no line break in \d+ bytes after data row 1"):
-        list(iter_flow_csv(path, chunk_bytes=100))
-
-
-def test_iter_missing_file_and_bad_chunk_size(tmp_path: Path) -> None:
-    with pytest.raises(DataFileNotFoundError, match="data file not found"):
-        list(iter_flow_csv(tmp_path / "absent.csv"))
-    with pytest.raises(ValueError, match="chunk_bytes must be at least 1, got 0"):
-        list(iter_flow_csv(tmp_path / "absent.csv", chunk_bytes=0))
 
 
 # --- clean_flows: columns and labels -----------------------------------------

@@ -98,8 +98,9 @@ def save_upload(stream: IO[bytes], folder: Path, file_name: str | None) -> Saved
 def check_decompressed_size(upload: SavedUpload, limit: int) -> None:
     """Decompress a gzip upload in chunks without keeping the output, stopping past ``limit`` bytes.
 
-    The loader reads a whole file into memory, so this runs first and a small
-    gzip bomb is rejected before it can fill the memory. Plain files pass.
+    Detection keeps a prediction for every row in memory and takes time in
+    proportion to the text, so this runs first and a small gzip bomb is
+    rejected before detection starts. Plain files pass.
 
     Raises
     ------
