@@ -522,6 +522,25 @@ def test_unlock_command_accepts_ipv6_address(tmp_path: Path, capsys: pytest.Capt
     assert capsys.readouterr().out == "unlocked sign-in for address 2001:db8::5: deleted 0 failed sign-in(s)\n"
 
 
+def test_unlock_command_matches_other_ipv6_spelling(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    instance = tmp_path / "web"
+    instance.mkdir()
+    store = AccountStore(
+        open_database(f"sqlite:///{instance / 'web.db'}"), session_lifetime=dt.timedelta(hours=1),
+        max_failures=50, max_failures_per_address=3, window=WINDOW, hasher=FAST_HASHER,
+    )
+    store.create_user("alice", "correct horse battery", "analyst")
+    for _ in range(3):
+        store.sign_in("alice", "wrong", "2001:db8::5")
+    assert store.sign_in("alice", "correct horse battery", "2001:db8::5").locked
+
+    status = dashboard_main(["unlock", "--address", "2001:DB8:0:0:0:0:0:5", "--instance-dir", str(instance)])
+
+    assert status == 0
+    assert capsys.readouterr().out == "unlocked sign-in for address 2001:db8::5: deleted 3 failed sign-in(s)\n"
+    assert store.sign_in("alice", "correct horse battery", "2001:db8::5").user is not None
+
+
 @pytest.mark.parametrize(
     ("command", "first", "second"),
     [

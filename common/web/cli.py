@@ -268,7 +268,9 @@ def unlock_sign_in(settings: WebSettings, username: str | None, address: str | N
     """
     if address is not None:
         try:
-            ipaddress.ip_address(address)
+            # Recorded addresses come from the socket in canonical form (2001:db8::5),
+            # so 2001:DB8:0::5 must be written the same way to match them.
+            address = str(ipaddress.ip_address(address))
         except ValueError as error:
             raise ConfigError(
                 f"invalid --address {address!r}: give the client's IPv4 or IPv6 address as the audit log shows it, "
