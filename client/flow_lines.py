@@ -115,6 +115,8 @@ class FlowLineReader:
         self._pending += block
         cut = self._pending.rfind(b"\n") + 1
         complete, self._pending = self._pending[:cut], self._pending[cut:]
+        # Lines that end in a carriage return alone never complete, so --follow would wait for ever.
+        self._check_line_endings(self._pending)
         if len(self._pending) > MAX_LINE_BYTES:
             raise DataValidationError(
                 f"{self.path}: no line break in {len(self._pending)} bytes after data row {self.rows_read}, more "
@@ -131,6 +133,7 @@ class FlowLineReader:
         lines = complete if self._header_in_file else self._take_header(complete)
         if not lines.strip():
             return None
+        self._check_line_endings(lines)
         frame, malformed = self._parse_lines(lines)
         if malformed:
             logger.warning(
@@ -163,10 +166,7 @@ class FlowLineReader:
                 "if the exporter's columns changed"
             )
         if b"\r" in line:
-            raise DataValidationError(
-                f"{self.path} ends its lines with a carriage return only (classic Mac OS line endings); "
-                "convert them to LF or CRLF"
-            )
+            raise self._carriage_return_error()
         # The loader's parser rejects a header that is not UTF-8 or repeats a name, with its own message.
         columns = parse_flow_text(line + b"\n", self.path).columns
         self.header = line
@@ -175,6 +175,25 @@ class FlowLineReader:
         # A quoted empty first field keeps the line from being blank when the header has one column.
         self._empty_line = b'""' + b"," * (self._n_fields - 1)
         self._valid_quoted_line = re.compile(_FIELD + rb"(?:," + _FIELD + rb"){0,%d}" % (self._n_fields - 1))
+
+    def _check_line_endings(self, text: bytes) -> None:
+        """Reject text in which one line holds two or more bare carriage returns.
+
+        One stray carriage return is a malformed line, but two or more in one
+        line mean that the exporter ends its rows with a carriage return alone,
+        and every row would otherwise be lost in one long line.
+        """
+        if text.count(b"\r") - text.count(b"\r\n") < 2:
+            return
+        for line in text.split(b"\n"):
+            if line.rstrip(b"\r").count(b"\r") >= 2:
+                raise self._carriage_return_error()
+
+    def _carriage_return_error(self) -> DataValidationError:
+        return DataValidationError(
+            f"{self.path} ends its lines with a carriage return only (classic Mac OS line endings); "
+            "convert them to LF or CRLF"
+        )
 
     def _parse_lines(self, lines: bytes) -> tuple[pd.DataFrame, list[int]]:
         """Parse complete lines and return the frame with the positions of the lines blanked as malformed."""

@@ -832,8 +832,14 @@ def test_read_flow_chunks_one_row_per_line(tmp_path: Path, caplog: pytest.LogCap
         (b"Bytes,Label, Label\n1,0,0\n", DataValidationError, "'Label' and ' Label'"),
         (b"Bytes,\xffLabel\n1,0\n", DataValidationError, "is not UTF-8 text"),
         (b"Bytes,Label\r1,0\r2,1\r", DataValidationError, "ends its lines with a carriage return only"),
+        # The header ends in CRLF but the rows in CR alone: one line that holds every row.
+        (b"Bytes,Label\r\n1,0\r2,1\r3,0\r", DataValidationError, "ends its lines with a carriage return only"),
+        (b"Bytes,Label\n1,0\n2,1\r3,0\r4,1\n", DataValidationError, "ends its lines with a carriage return only"),
     ],
-    ids=["empty", "blank-lines", "header-only", "header-then-blank", "duplicate-header", "not-utf8-header", "cr-only"],
+    ids=[
+        "empty", "blank-lines", "header-only", "header-then-blank", "duplicate-header", "not-utf8-header",
+        "cr-only", "crlf-header-cr-rows", "cr-rows-after-lf-rows",
+    ],
 )
 def test_read_flow_chunks_bad_file_rejected(
     tmp_path: Path, content: bytes, error: type[Exception], message: str
@@ -910,6 +916,26 @@ def test_follow_chunks_unclosed_quote_last_line(
     assert rows == [{"a": "1", "b": "2", "flag": "x"}, {"a": "", "b": "", "flag": ""}]
     assert "follow: 1 malformed line(s)" in caplog.text
     assert "first at row 1" in caplog.text
+
+
+def test_follow_chunks_rejects_carriage_return_only_file(tmp_path: Path) -> None:
+    traffic = tmp_path / "live.csv"
+    traffic.write_bytes(b"a,b,flag\r1,2,x\r3,4,y\r")
+
+    with pytest.raises(DataValidationError, match="ends its lines with a carriage return only"):
+        list(follow_chunks(traffic, poll_seconds=0.01, idle_timeout=2.0))
+
+
+def test_read_flow_chunks_one_stray_carriage_return_is_malformed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "flows.csv"
+    path.write_bytes(b"a,b\n1,2\n3\r,4\n5,6\n")
+
+    with caplog.at_level(logging.WARNING):
+        rows = pd.concat(read_flow_chunks(path), ignore_index=True).to_dict("records")
+
+    assert rows == [{"a": "1", "b": "2"}, {"a": "", "b": ""}, {"a": "5", "b": "6"}]
 
 
 def test_follow_chunks_reads_rotated_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
