@@ -177,7 +177,7 @@ class FlowLineReader:
         self._valid_quoted_line = re.compile(_FIELD + rb"(?:," + _FIELD + rb"){0,%d}" % (self._n_fields - 1))
 
     def _check_line_endings(self, text: bytes) -> None:
-        """Reject text in which one line holds two or more bare carriage returns.
+        """Reject text in which one line contains two or more bare carriage returns.
 
         One stray carriage return is a malformed line, but two or more in one
         line mean that the exporter ends its rows with a carriage return alone,
