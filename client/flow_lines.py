@@ -133,8 +133,8 @@ class FlowLineReader:
         lines = complete if self._header_in_file else self._take_header(complete)
         if not lines.strip():
             return None
-        self._check_line_endings(lines)
-        frame, malformed = self._parse_lines(lines)
+        stray_return = self._check_line_endings(lines)
+        frame, malformed = self._parse_lines(lines, stray_return)
         if malformed:
             logger.warning(
                 "%s: %d malformed line(s) in %s (more fields than the header's %d, an unclosed quote, text that "
@@ -176,18 +176,24 @@ class FlowLineReader:
         self._empty_line = b'""' + b"," * (self._n_fields - 1)
         self._valid_quoted_line = re.compile(_FIELD + rb"(?:," + _FIELD + rb"){0,%d}" % (self._n_fields - 1))
 
-    def _check_line_endings(self, text: bytes) -> None:
+    def _check_line_endings(self, text: bytes) -> bool:
         """Reject text in which one line contains two or more bare carriage returns.
 
         One stray carriage return is a malformed line, but two or more in one
         line mean that the exporter ends its rows with a carriage return alone,
         and every row would otherwise be lost in one long line.
+
+        Returns
+        -------
+        bool
+            Whether ``text`` contains a carriage return that does not end a line.
         """
-        if text.count(b"\r") - text.count(b"\r\n") < 2:
-            return
-        for line in text.split(b"\n"):
-            if line.rstrip(b"\r").count(b"\r") >= 2:
-                raise self._carriage_return_error()
+        bare_returns = text.count(b"\r") - text.count(b"\r\n")
+        if bare_returns >= 2:
+            for line in text.split(b"\n"):
+                if line.rstrip(b"\r").count(b"\r") >= 2:
+                    raise self._carriage_return_error()
+        return bare_returns > 0
 
     def _carriage_return_error(self) -> DataValidationError:
         return DataValidationError(
@@ -195,8 +201,11 @@ class FlowLineReader:
             "convert them to LF or CRLF"
         )
 
-    def _parse_lines(self, lines: bytes) -> tuple[pd.DataFrame, list[int]]:
-        """Parse complete lines and return the frame with the positions of the lines blanked as malformed."""
+    def _parse_lines(self, lines: bytes, stray_return: bool) -> tuple[pd.DataFrame, list[int]]:
+        """Parse complete lines and return the frame with the positions of the lines blanked as malformed.
+
+        ``stray_return`` is whether ``lines`` contains a carriage return that does not end a line.
+        """
         header = self.header + b"\n"
         if self.header not in lines:
             try:
@@ -208,17 +217,16 @@ class FlowLineReader:
                 # count means that no quote swallowed a line. Only a block with blank lines needs the slower
                 # exact count. A quote left open in the last line swallows only its newline, so that line is
                 # checked apart.
-                stray_return = lines.count(b"\r") != lines.count(b"\r\n")
                 if (
                     not stray_return
                     and len(frame) in (lines.count(b"\n"), _count_rows(lines))
                     and not self._has_open_quote(_last_line(lines))
                 ):
                     return frame, []
-        repaired, malformed = self._blank_malformed_lines(lines)
+        repaired, malformed = self._blank_malformed_lines(lines, stray_return)
         return parse_flow_text(header + repaired, self.path, self.rows_read), malformed
 
-    def _blank_malformed_lines(self, lines: bytes) -> tuple[bytes, list[int]]:
+    def _blank_malformed_lines(self, lines: bytes, check_return: bool) -> tuple[bytes, list[int]]:
         """Return the non-blank lines with every malformed one replaced by empty fields, and the replaced positions."""
         # The rarer checks run per line only when the whole block contains what they look for.
         try:
@@ -227,7 +235,6 @@ class FlowLineReader:
         except UnicodeDecodeError:
             check_text = True
         check_header = self.header in lines
-        check_return = lines.count(b"\r") != lines.count(b"\r\n")
         data_lines: list[bytes] = []
         malformed: list[int] = []
         for raw_line in lines.split(b"\n"):
