@@ -232,26 +232,31 @@ def test_quick_run_preprocessing_has_no_identifiers(
 # ---------------------------------------------------------------------------
 
 
-def test_two_folds_cover_every_row(wustl_path: Path, wustl_config: DatasetConfig, tmp_path: Path) -> None:
-    config_text = wustl_config.source.read_text(encoding="utf-8")
+def run_two_folds(path: Path, config: DatasetConfig, out: Path, *arguments: str) -> dict[str, Any]:
+    """Run main() with a copy of ``config`` set to 2 folds, one epoch and the random forest; return the metrics."""
+    config_text = config.source.read_text(encoding="utf-8")
     assert "folds = 5" in config_text
-    config_path = tmp_path / "wustl-two-folds.toml"
+    config_path = out.parent / f"{config.name}-two-folds.toml"
     config_path.write_text(config_text.replace("folds = 5", "folds = 2"), encoding="utf-8")
-    out = tmp_path / "out"
 
     status = main(
         [
             "--dataset", str(config_path),
-            "--data-dir", str(data_root(wustl_path, wustl_config)),
+            "--data-dir", str(data_root(path, config)),
             "--out", str(out),
-            "--windows", "1,4",
             "--epochs", "1",
-            "--max-rows", "3000",
             "--baselines", "random_forest",
+            *arguments,
         ]
     )
     assert status == 0
-    metrics = read_metrics(out)
+    return read_metrics(out)
+
+
+def test_two_folds_cover_every_row(wustl_path: Path, wustl_config: DatasetConfig, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+
+    metrics = run_two_folds(wustl_path, wustl_config, out, "--windows", "1,4", "--max-rows", "3000")
     folds = metrics["per_fold"]
 
     assert metrics["folds"] == 2
@@ -279,24 +284,7 @@ def test_reused_out_drops_earlier_split_folders(wustl_path: Path, wustl_config: 
 
 
 def test_stratified_folds_on_unordered_capture(nfton_path: Path, nfton_config: DatasetConfig, tmp_path: Path) -> None:
-    config_text = nfton_config.source.read_text(encoding="utf-8")
-    assert "folds = 5" in config_text
-    config_path = tmp_path / "nfton-two-folds.toml"
-    config_path.write_text(config_text.replace("folds = 5", "folds = 2"), encoding="utf-8")
-    out = tmp_path / "out"
-
-    status = main(
-        [
-            "--dataset", str(config_path),
-            "--data-dir", str(data_root(nfton_path, nfton_config)),
-            "--out", str(out),
-            "--epochs", "1",
-            "--max-rows", "4000",
-            "--baselines", "random_forest",
-        ]
-    )
-    assert status == 0
-    metrics = read_metrics(out)
+    metrics = run_two_folds(nfton_path, nfton_config, tmp_path / "out", "--max-rows", "4000")
     folds = metrics["per_fold"]
 
     assert metrics["split"] == "2 stratified folds"
@@ -486,7 +474,7 @@ def test_main_warns_on_constant_column(
     assert math.isfinite(metrics["f1"])
 
 
-def test_main_top_k_above_column_count_keeps_all_and_ranks(
+def test_main_top_k_above_columns_keeps_all(
     wustl_text: pd.DataFrame, wustl_config: DatasetConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     data_dir = write_dataset(wustl_text.iloc[:1500], tmp_path / "data", wustl_config)

@@ -832,7 +832,7 @@ def test_read_flow_chunks_one_row_per_line(tmp_path: Path, caplog: pytest.LogCap
         (b"Bytes,Label, Label\n1,0,0\n", DataValidationError, "'Label' and ' Label'"),
         (b"Bytes,\xffLabel\n1,0\n", DataValidationError, "is not UTF-8 text"),
         (b"Bytes,Label\r1,0\r2,1\r", DataValidationError, "ends its lines with a carriage return only"),
-        # The header ends in CRLF but the rows in CR alone: one line that holds every row.
+        # The header ends in CRLF but the rows in CR alone, so one line contains every row.
         (b"Bytes,Label\r\n1,0\r2,1\r3,0\r", DataValidationError, "ends its lines with a carriage return only"),
         (b"Bytes,Label\n1,0\n2,1\r3,0\r4,1\n", DataValidationError, "ends its lines with a carriage return only"),
     ],
@@ -926,7 +926,7 @@ def test_follow_chunks_rejects_carriage_return_only_file(tmp_path: Path) -> None
         list(follow_chunks(traffic, poll_seconds=0.01, idle_timeout=2.0))
 
 
-def test_read_flow_chunks_one_stray_carriage_return_is_malformed(
+def test_read_flow_chunks_stray_return_malformed(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "flows.csv"
@@ -1235,7 +1235,7 @@ def test_detect_frame_warns_about_empty_column(bundle_w1: Bundle, caplog: pytest
     assert result.to_summary()["empty_columns"] == ["b"]
 
 
-def test_detect_frame_short_batch_does_not_report_empty_column(bundle_w1: Bundle) -> None:
+def test_detect_frame_short_batch_no_empty_column(bundle_w1: Bundle) -> None:
     frame = toy_frame([1, 9] * 5)
     frame["b"] = "n/a"  # 10 rows are below EMPTY_COLUMN_MIN_ROWS
 

@@ -205,7 +205,7 @@ def test_listen_family_of_names(
             for address in addresses
         ]
 
-    # Returns what a resolver that knows the name would, so nothing is looked up.
+    # A stand-in resolver returns the addresses, so no name is looked up.
     monkeypatch.setattr(socket, "getaddrinfo", resolve)
 
     assert listen_family("coordinator.example", 8443) == expected

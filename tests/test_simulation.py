@@ -68,7 +68,7 @@ def simulation_run(
 ) -> SimulationRun:
     """Three sites for two rounds on a real WUSTL slice; site 2 gets a file without SrcLoad.
 
-    The output folder already holds the site file of an earlier run with more sites.
+    The output folder already contains the site file of an earlier run with more sites.
     """
     out = tmp_path_factory.mktemp("simulation")
     (out / "sites").mkdir()

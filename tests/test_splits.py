@@ -281,7 +281,7 @@ def test_stratified_split_too_few_rows(labels: np.ndarray) -> None:
 # ---------------------------------------------------------------------------
 
 
-def test_stratified_folds_test_every_row_once_with_class_proportions() -> None:
+def test_stratified_folds_every_row_tested_once() -> None:
     counts = {0: 500, 1: 250, 2: 50}
     labels = _seeded_labels(counts, seed=11)
 
@@ -292,7 +292,7 @@ def test_stratified_folds_test_every_row_once_with_class_proportions() -> None:
     assert np.array_equal(np.sort(tested), np.arange(len(labels)))
     for fold in folds:
         _assert_partition(fold, len(labels))
-        # Validation holds 10% of all 800 rows; test holds a fifth of each class.
+        # Validation contains 10% of all 800 rows, and each test part a fifth of each class.
         assert len(fold.rows("validation")) == 80
         for c, n in counts.items():
             assert int(np.sum(labels[fold.rows("test")] == c)) == n // 5, (fold.name, c)
